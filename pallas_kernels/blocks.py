@@ -1,0 +1,280 @@
+"""Block-scaled storage on plain arrays: packing, element decoding, dequantization.
+
+This is the one place that knows how low-bit *codes* become numbers. Kernels, their
+references and `lowbit_jax.dequantize` all call it, so there is one definition of the
+storage contract:
+
+Glossary
+    element   one stored code (int8, int4, uint4, float8_e4m3fn, float4_e2m1fn, ...).
+    block     the set of elements that share one scale: `block_k` consecutive elements
+              along the contraction axis K times `block_n` along N (the other axis).
+    tile      what one kernel program loads at a time (a multiple of blocks; kernels only).
+    layout    "kn": values are (K, N) (contraction axis first, as in `x @ w`).
+              "nk": values are (N, K) (K-major; what fp8 tensor cores and cuBLASLt want).
+
+Storage contract for a logical (K, N) weight, K padded to Kp (a multiple of block_k and of
+2 for 4-bit), N padded to Np (a multiple of block_n):
+    values  "kn": (Kp, Np) or, for 4-bit elements, uint8 (Kp/2, Np);
+            "nk": (Np, Kp) or uint8 (Np, Kp/2).
+            4-bit elements are packed two per byte along K: byte j holds element 2j in its
+            low nibble and element 2j+1 in its high nibble.
+    scales  "kn": (Kp/block_k, Np/block_n); "nk": (Np/block_n, Kp/block_k).
+    zeros   optional, same shape and dtype as scales (asymmetric formats).
+    global_scale  optional f32, one per matrix (shape = the batch axes; a scalar for a
+            single matrix), for two-level formats such as NVFP4.
+Invariant:  w[k, n] = (decode(values)[k, n] - zeros[k//bk, n//bn]) * scales[k//bk, n//bn]
+                      * global_scale
+Leading batch axes (stacked layers, experts) are allowed in front of all of these.
+
+4-bit codes: int4 is two's complement (-8..7), uint4 is 0..15, float4_e2m1fn is the OCP
+bit pattern (sign, 2 exponent bits, 1 mantissa bit: magnitudes 0, .5, 1, 1.5, 2, 3, 4, 6).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+FOUR_BIT = (jnp.dtype(jnp.int4), jnp.dtype(jnp.uint4), jnp.dtype(jnp.float4_e2m1fn))
+
+# Magnitudes of the 8 non-negative float4_e2m1fn codes; codes 8..15 are their negatives.
+E2M1_VALUES = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0], np.float32)
+E2M1_LUT = np.concatenate([E2M1_VALUES, -E2M1_VALUES]).astype(np.float32)
+
+
+def is_four_bit(element_dtype) -> bool:
+    return jnp.dtype(element_dtype) in FOUR_BIT
+
+
+def storage_dtype(element_dtype) -> jnp.dtype:
+    """dtype of the `values` array: uint8 for packed 4-bit elements, else the element."""
+    return jnp.dtype(jnp.uint8) if is_four_bit(element_dtype) else jnp.dtype(element_dtype)
+
+
+def pack_nibbles(codes: jax.Array, axis: int) -> jax.Array:
+    """Packs 4-bit codes (uint8 in 0..15) two per byte along `axis` (even size)."""
+    axis = axis % codes.ndim
+    if codes.shape[axis] % 2:
+        raise ValueError(f"cannot pack an odd length {codes.shape[axis]} along {axis=}")
+    lo = jax.lax.slice_in_dim(codes, 0, None, 2, axis).astype(jnp.uint8)
+    hi = jax.lax.slice_in_dim(codes, 1, None, 2, axis).astype(jnp.uint8)
+    return (lo & 0xF) | ((hi & 0xF) << 4)
+
+
+def unpack_nibbles(packed: jax.Array, axis: int) -> jax.Array:
+    """Inverse of `pack_nibbles`: uint8 codes, `axis` twice as long."""
+    axis = axis % packed.ndim
+    lo = packed & 0xF
+    hi = packed >> 4
+    both = jnp.stack([lo, hi], axis=axis + 1)
+    shape = list(packed.shape)
+    shape[axis] *= 2
+    return both.reshape(shape)
+
+
+def codes_to_float(codes: jax.Array, element_dtype) -> jax.Array:
+    """Decodes unpacked 4-bit codes (uint8 0..15) of `element_dtype` to f32."""
+    dt = jnp.dtype(element_dtype)
+    codes = codes.astype(jnp.int32)
+    if dt == jnp.int4:
+        return jnp.where(codes >= 8, codes - 16, codes).astype(jnp.float32)
+    if dt == jnp.uint4:
+        return codes.astype(jnp.float32)
+    if dt == jnp.float4_e2m1fn:
+        return jnp.asarray(E2M1_LUT)[codes]
+    raise ValueError(f"{dt} is not a 4-bit element dtype")
+
+
+def float_to_codes(x: jax.Array, element_dtype) -> jax.Array:
+    """Encodes f32 values already on the element grid (rounded, in range) as 4-bit codes."""
+    dt = jnp.dtype(element_dtype)
+    if dt == jnp.int4:
+        return (x.astype(jnp.int32) & 0xF).astype(jnp.uint8)
+    if dt == jnp.uint4:
+        return x.astype(jnp.uint8)
+    if dt == jnp.float4_e2m1fn:
+        mag = jnp.abs(x)
+        idx = jnp.sum(mag[..., None] >= jnp.asarray(E2M1_VALUES[1:]), axis=-1)
+        sign = jnp.signbit(x) & (mag > 0)
+        return (idx + 8 * sign).astype(jnp.uint8)
+    raise ValueError(f"{dt} is not a 4-bit element dtype")
+
+
+def decode_values(values: jax.Array, element_dtype, *, k_axis: int) -> jax.Array:
+    """Stored values -> f32 elements (unpacking 4-bit ones along `k_axis`)."""
+    if is_four_bit(element_dtype):
+        return codes_to_float(unpack_nibbles(values, k_axis), element_dtype)
+    return values.astype(jnp.float32)
+
+
+def expand_blocks(s: jax.Array, block: tuple[int, int], axes: tuple[int, int]) -> jax.Array:
+    """Repeats a per-block array `block[i]` times along `axes[i]`."""
+    for b, ax in zip(block, axes):
+        if b > 1:
+            s = jnp.repeat(s, b, axis=ax)
+    return s
+
+
+def dequantize_blocks(
+    values: jax.Array,
+    scales: jax.Array,
+    zeros: jax.Array | None = None,
+    global_scale: jax.Array | None = None,
+    *,
+    element_dtype,
+    block_k: int,
+    block_n: int,
+    layout: str = "kn",
+    k: int | None = None,
+    n: int | None = None,
+) -> jax.Array:
+    """Returns the f32 (..., k, n) weight (always "kn" order) described by the contract."""
+    if layout not in ("kn", "nk"):
+        raise ValueError(f"{layout=} must be 'kn' or 'nk'")
+    k_axis, n_axis = (-2, -1) if layout == "kn" else (-1, -2)
+    w = decode_values(values, element_dtype, k_axis=k_axis)
+    blk = (block_k, block_n) if layout == "kn" else (block_n, block_k)
+    s = expand_blocks(scales.astype(jnp.float32), blk, (-2, -1))
+    if zeros is not None:
+        w = w - expand_blocks(zeros.astype(jnp.float32), blk, (-2, -1))
+    w = w * s
+    if global_scale is not None:
+        w = w * global_scale.astype(jnp.float32)[..., None, None]
+    if layout == "nk":
+        w = jnp.swapaxes(w, -1, -2)
+    kp, np_ = w.shape[-2:]
+    return w[..., : (k or kp), : (n or np_)]
+
+
+# ----------------------------------------------------------------------------------------
+# Quantization: f32 -> (values, scales, zeros, global_scale) under the contract above.
+# ----------------------------------------------------------------------------------------
+
+# Largest finite element magnitude, and emax (exponent of the largest power of two <= it)
+# used by the OCP MX shared-exponent rule.
+ELEMENT_MAX = {
+    jnp.dtype(jnp.int8): 127.0,
+    jnp.dtype(jnp.int4): 7.0,
+    jnp.dtype(jnp.uint4): 15.0,
+    jnp.dtype(jnp.float8_e4m3fn): 448.0,
+    jnp.dtype(jnp.float4_e2m1fn): 6.0,
+}
+ELEMENT_EMAX = {jnp.dtype(jnp.float8_e4m3fn): 8, jnp.dtype(jnp.float4_e2m1fn): 2}
+SCALE_RULES = ("absmax", "minmax", "mx-floor", "mx-up", "nvfp4")
+E8M0_MIN_EXP, E8M0_MAX_EXP = -127, 127
+
+
+def padded_size(size: int, block: int, element_dtype) -> int:
+    """Size of an axis after padding to a multiple of `block` (and of 2 for 4-bit)."""
+    step = block if not is_four_bit(element_dtype) or block % 2 == 0 else 2 * block
+    return -(-size // step) * step
+
+
+def _block_reduce(a: jax.Array, bk: int, bn: int, fn) -> jax.Array:
+    *lead, kp, np_ = a.shape
+    a = a.reshape(*lead, kp // bk, bk, np_ // bn, bn)
+    return fn(a, axis=(-3, -1))
+
+
+def _round_to_element(y: jax.Array, element_dtype) -> jax.Array:
+    """f32 in scaled units -> nearest element (round half to even, saturating), as f32."""
+    dt = jnp.dtype(element_dtype)
+    m = ELEMENT_MAX[dt]
+    if jnp.issubdtype(dt, jnp.integer):
+        lo = 0.0 if dt == jnp.uint4 else -m
+        return jnp.clip(jnp.round(y), lo, m)
+    return jnp.clip(y, -m, m).astype(dt).astype(jnp.float32)
+
+
+def quantize_blocks(
+    w: jax.Array,
+    *,
+    element_dtype,
+    scale_dtype,
+    block_k: int | None,
+    block_n: int | None,
+    scale_rule: str,
+    layout: str = "kn",
+) -> tuple[jax.Array, jax.Array, jax.Array | None, jax.Array | None]:
+    """Quantizes a float (..., K, N) array along K into the storage contract.
+
+    `block_k`/`block_n` None means the whole (padded) axis. K and N are zero-padded to
+    whole blocks; padding never changes a block's scale (zeros do not raise an absmax and
+    the min/max rule includes them only in blocks that are all padding).
+
+    Scale rules (all give a finite scale and exact zeros for an all-zero block):
+      absmax    s = amax / element_max; q = round_half_even(w / s), saturated.
+      minmax    (asymmetric, uint4) s = (max - min) / 15, zero z = -min / s (a float, kept
+                in the scale dtype); q = round(w / s + z) in 0..15; w ~ (q - z) * s.
+      mx-floor  OCP MX v1.0: s = 2**(floor(log2 amax) - emax_elem), E8M0-clamped; may clip
+                the block maximum (by up to 25% for E2M1).
+      mx-up     s = 2**ceil(log2(amax / element_max)): never clips (jax.nn's MX quantizer).
+      nvfp4     g = amax_tensor / (6 * 448) per matrix; per block s = e4m3(amax_b / 6 / g).
+    """
+    if layout not in ("kn", "nk"):
+        raise ValueError(f"{layout=} must be 'kn' or 'nk'")
+    if scale_rule not in SCALE_RULES:
+        raise ValueError(f"unknown {scale_rule=}; valid: {SCALE_RULES}")
+    edt, sdt = jnp.dtype(element_dtype), jnp.dtype(scale_dtype)
+    w = w.astype(jnp.float32)
+    *lead, k, n = w.shape
+    bk = block_k or padded_size(k, 1, edt)
+    bn = block_n or n
+    kp, np_ = padded_size(k, bk, edt), padded_size(n, bn, jnp.int8)
+    if block_k is None:
+        bk = kp
+    if block_n is None:
+        bn = np_
+    pad = [(0, 0)] * len(lead) + [(0, kp - k), (0, np_ - n)]
+    wp = jnp.pad(w, pad)
+    emax = ELEMENT_MAX[edt]
+    zeros = gscale = None
+
+    if scale_rule == "minmax":
+        # Padding must not widen a block's range: fill it with the block's first real value.
+        if kp != k or np_ != n:
+            mask = jnp.pad(jnp.ones(w.shape, bool), pad)
+            wp = jnp.where(mask, wp, jnp.pad(w, pad, mode="edge"))
+        lo = _block_reduce(wp, bk, bn, jnp.min)
+        hi = _block_reduce(wp, bk, bn, jnp.max)
+        s = jnp.where(hi > lo, (hi - lo) / emax, 1.0).astype(sdt)
+        z = (-lo / s.astype(jnp.float32)).astype(sdt)
+        zeros = z
+        q = _round_to_element(
+            wp / expand_blocks(s.astype(jnp.float32), (bk, bn), (-2, -1))
+            + expand_blocks(z.astype(jnp.float32), (bk, bn), (-2, -1)), edt)
+    else:
+        amax = _block_reduce(jnp.abs(wp), bk, bn, jnp.max)
+        if scale_rule == "absmax":
+            s = jnp.where(amax > 0, amax / emax, 1.0).astype(sdt)
+        elif scale_rule in ("mx-floor", "mx-up"):
+            if scale_rule == "mx-floor":
+                e = jnp.floor(jnp.log2(amax)) - ELEMENT_EMAX[edt]
+            else:
+                e = jnp.ceil(jnp.log2(amax / emax))
+            # All-zero block: scale 1 (exact zeros). The E8M0 bits are built directly, so
+            # 2**-127 never passes through a (possibly flushed) f32 subnormal.
+            e = jnp.clip(jnp.where(amax > 0, e, 0), E8M0_MIN_EXP, E8M0_MAX_EXP)
+            bits = (e.astype(jnp.int32) - E8M0_MIN_EXP).astype(jnp.uint8)
+            s = jax.lax.bitcast_convert_type(bits, jnp.float8_e8m0fnu).astype(sdt)
+        else:  # nvfp4
+            t = jnp.max(jnp.abs(wp), axis=(-2, -1))
+            gscale = jnp.where(t > 0, t / (emax * 448.0), 1.0).astype(jnp.float32)
+            sb = amax / emax / gscale[..., None, None]
+            s = jnp.clip(sb, 0, 448.0).astype(sdt)
+        s32 = s.astype(jnp.float32)
+        if gscale is not None:
+            s32 = s32 * gscale[..., None, None]
+        s32 = jnp.where(s32 > 0, s32, 1.0)
+        q = _round_to_element(wp / expand_blocks(s32, (bk, bn), (-2, -1)), edt)
+
+    if is_four_bit(edt):
+        values = pack_nibbles(float_to_codes(q, edt), axis=-2)
+    else:
+        values = q.astype(edt)
+    if layout == "nk":
+        values = jnp.swapaxes(values, -1, -2)
+        s = jnp.swapaxes(s, -1, -2)
+        zeros = None if zeros is None else jnp.swapaxes(zeros, -1, -2)
+    return values, s, zeros, gscale
