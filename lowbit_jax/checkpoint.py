@@ -292,6 +292,9 @@ def check_matches(tree: Any, target: Any) -> None:
             if (g.fmt, g.shape, g.layout, g.axis) != (w.fmt, w.shape, w.layout, w.axis):
                 raise CheckpointError(f"{p!r}: checkpoint {g.fmt.name} {g.shape} {g.layout} != target {w.fmt.name} {w.shape} {w.layout}")
             continue
+        if isinstance(g, (bool, int, float, str)):
+            if isinstance(w, (bool, int, float, str)) or tuple(getattr(w, "shape", (None,))) == ():
+                continue  # a Python scalar (jax.eval_shape makes it a 0-d struct)
         gs, ws = tuple(getattr(g, "shape", ())), tuple(getattr(w, "shape", ()))
         gd, wd = getattr(g, "dtype", type(g)), getattr(w, "dtype", type(w))
         if gs != ws or gd != wd:

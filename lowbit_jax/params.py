@@ -107,7 +107,8 @@ def quantize_params(
       return_report: also return a `QuantizeReport`.
       progress: show a tqdm bar (default: when the tree holds more than 64 MiB).
 
-    Raises ValueError naming the path of a leaf holding NaN or Inf.
+    Raises ValueError naming the path of a leaf holding NaN or Inf (a check on values, so
+    it runs on concrete arrays; under `jit`/`eval_shape` only shapes are seen).
     Returns the tree with QTensor leaves (and the report if asked).
     """
     if recipe == "float":
@@ -129,7 +130,7 @@ def quantize_params(
             out.append(x)
             skipped.append(p)
             continue
-        if not bool(jnp.all(jnp.isfinite(x))):
+        if not isinstance(x, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(x))):
             bad = int(np.size(x) - np.count_nonzero(np.isfinite(np.asarray(x, np.float32))))
             raise ValueError(f"parameter {p!r} holds {bad} NaN/Inf values; refusing to quantize it")
         out.append(quantize(x, fmt, axis=-2, layout=recipe.layout, act=recipe.act))

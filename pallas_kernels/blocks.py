@@ -238,7 +238,8 @@ def quantize_blocks(
             wp = jnp.where(mask, wp, jnp.pad(w, pad, mode="edge"))
         lo = _block_reduce(wp, bk, bn, jnp.min)
         hi = _block_reduce(wp, bk, bn, jnp.max)
-        s = jnp.where(hi > lo, (hi - lo) / emax, 1.0).astype(sdt)
+        s = ((hi - lo) / emax).astype(sdt)
+        s = jnp.where(s > 0, s, jnp.ones_like(s))  # constant block, or a range that underflows
         z = (-lo / s.astype(jnp.float32)).astype(sdt)
         zeros = z
         q = _round_to_element(
@@ -249,10 +250,14 @@ def quantize_blocks(
         if scale_rule == "absmax":
             s = jnp.where(amax > 0, amax / emax, 1.0).astype(sdt)
         elif scale_rule in ("mx-floor", "mx-up"):
+            # Exact integer log2 through frexp (x = m * 2**e, m in [0.5, 1)); jnp.log2 can
+            # land a hair below an exact power of two and flip the floor.
             if scale_rule == "mx-floor":
-                e = jnp.floor(jnp.log2(amax)) - ELEMENT_EMAX[edt]
+                _, e2 = jnp.frexp(amax)
+                e = e2 - 1 - ELEMENT_EMAX[edt]
             else:
-                e = jnp.ceil(jnp.log2(amax / emax))
+                m, e2 = jnp.frexp(amax / emax)
+                e = jnp.where(m == 0.5, e2 - 1, e2)
             # All-zero block: scale 1 (exact zeros). The E8M0 bits are built directly, so
             # 2**-127 never passes through a (possibly flushed) f32 subnormal.
             e = jnp.clip(jnp.where(amax > 0, e, 0), E8M0_MIN_EXP, E8M0_MAX_EXP)

@@ -1,0 +1,69 @@
+"""qmatmul on the XLA path: its semantics, dispatch rules and errors (kernels: tests/pallas_kernels)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lowbit_jax as lj
+
+
+def rand(*s, seed=0, dtype=jnp.float32):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(s), dtype)
+
+
+@pytest.mark.parametrize("recipe", sorted(lj.RECIPES))
+def test_xla_path_is_dequantize_then_dot(recipe):
+    r = lj.get_recipe(recipe)
+    w = rand(96, 40, seed=1)
+    q = lj.quantize(w, r.weight, layout=r.layout, act=r.act)
+    x = rand(2, 3, 96, seed=2)
+    y = lj.qmatmul(x, q, impl="xla")
+    assert y.shape == (2, 3, 40) and y.dtype == jnp.float32
+    xf = x.reshape(-1, 96)
+    if r.act is not None:
+        xf = lj.dequantize(lj.quantize(xf, r.act, axis=-1))
+    want = (xf @ lj.dequantize(q)).reshape(2, 3, 40)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(want), rtol=1e-5, atol=1e-4)
+    # ... and close to the float product (quantization error only).
+    rel = float(jnp.linalg.norm(y - x @ w) / jnp.linalg.norm(x @ w))
+    assert rel < 0.2, rel
+
+
+def test_float_weight_and_out_dtype():
+    x, w = rand(4, 8, dtype=jnp.bfloat16), rand(8, 5, seed=1, dtype=jnp.bfloat16)
+    y = lj.qmatmul(x, w)
+    assert y.dtype == jnp.bfloat16
+    assert lj.qmatmul(x, w, out_dtype=jnp.float32).dtype == jnp.float32
+    with pytest.raises(ValueError, match="needs a QTensor weight"):
+        lj.qmatmul(x, w, act="act-int8-token")
+
+
+def test_act_override_and_mismatch():
+    q = lj.quantize(rand(256, 16), "fp8-block128")
+    with pytest.raises(ValueError, match="fp8-block128.*act-int8-token"):
+        lj.qmatmul(rand(2, 256), q, act="act-int8-token", impl="xla")
+    y = lj.qmatmul(rand(2, 256), q, act="act-fp8-1x128", impl="xla")
+    assert y.shape == (2, 16)
+
+
+def test_bad_calls():
+    q = lj.quantize(rand(64, 16), "int8")
+    with pytest.raises(ValueError, match="K=64"):
+        lj.qmatmul(rand(2, 63), q)
+    with pytest.raises(ValueError, match="impl='cuda'"):
+        lj.qmatmul(rand(2, 64), q, impl="cuda")
+    with pytest.raises(TypeError, match="int32"):
+        lj.qmatmul(jnp.ones((2, 64), jnp.int32), q)
+    qa = lj.quantize(rand(16, 64), "int8", axis=-1)
+    with pytest.raises(ValueError, match="axis -2"):
+        lj.qmatmul(rand(2, 64), qa)
+
+
+def test_jit_and_vmap_over_x():
+    q = lj.quantize(rand(128, 32), "int4-g32")
+    x = rand(5, 128, seed=3)
+    f = jax.jit(lambda x, q: lj.qmatmul(x, q, impl="xla"))
+    np.testing.assert_allclose(np.asarray(f(x, q)), np.asarray(lj.qmatmul(x, q, impl="xla")), rtol=1e-5, atol=1e-5)
+    yv = jax.vmap(lambda xi: lj.qmatmul(xi, q, impl="xla"))(x)
+    np.testing.assert_allclose(np.asarray(yv), np.asarray(f(x, q)), rtol=1e-5, atol=1e-5)
