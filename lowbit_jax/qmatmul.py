@@ -9,12 +9,13 @@ Paths
                   bf16/f16/f32 (`pallas_kernels.weight_only`).
     scaled        w carries (or the call passes) an activation format: x is quantized on the
                   fly along K, then `dequantize(xq) @ dequantize(w)`
-                  (`pallas_kernels.act_quant` + `pallas_kernels.scaled_gemm`).
+                  (`pallas_kernels.scaled_gemm`, with `pallas_kernels.act_quant`).
     float         w is a plain array: `x @ w`.
 
 impl
-    "xla"     the plain-jnp reference (dequantize, then dot in f32): the semantics, the
-              test oracle and the fallback.
+    "xla"     the kernels' plain-jnp references (dequantize, then dot in f32): the
+              semantics `dequantize(quantize(x, act, axis=-1)) @ dequantize(w)`, the test
+              oracle and the fallback.
     "pallas"  the Pallas kernel; raises `KernelUnavailableError` with the reason when it
               cannot run (never a silent fallback).
     "triton"  the Triton kernel (through jax-triton), GPU only; raises likewise.
@@ -24,26 +25,17 @@ impl
 
 from __future__ import annotations
 
-import functools
-import logging
-
 import jax
 import jax.numpy as jnp
 
 from lowbit_jax.formats import QuantFormat, check_pair, get_format
-from lowbit_jax.qtensor import QTensor, dequantize, quantize
+from lowbit_jax.qtensor import QTensor
 
-log = logging.getLogger(__name__)
 IMPLS = ("auto", "pallas", "triton", "xla")
 
 
-class KernelUnavailableError(RuntimeError):
+class KernelUnavailableError(ValueError):
     """An explicitly requested kernel cannot run for these inputs on this machine."""
-
-
-@functools.lru_cache(maxsize=None)
-def _log_fallback_once(reason: str) -> None:
-    log.warning("qmatmul: falling back to XLA: %s", reason)
 
 
 def _flatten(x: jax.Array, k: int) -> tuple[jax.Array, tuple[int, ...]]:
@@ -91,15 +83,6 @@ def qmatmul(
     return y.reshape(*lead, n)
 
 
-def reference(x2: jax.Array, w: QTensor, act: QuantFormat | None, out_dtype) -> jax.Array:
-    """The definition: `dequantize(quantize(x, act, axis=-1)) @ dequantize(w)` in f32."""
-    xf = x2.astype(jnp.float32)
-    if act is not None:
-        xf = dequantize(quantize(xf, act, axis=-1))
-    y = jnp.matmul(xf, dequantize(w), precision=jax.lax.Precision.HIGHEST)
-    return y.astype(out_dtype)
-
-
 def _kernel_call(x2, w: QTensor, act, impl, out_dtype, interpret):
     k, n = w.kn_shape
     bk, bn = w.block_kn
@@ -109,11 +92,11 @@ def _kernel_call(x2, w: QTensor, act, impl, out_dtype, interpret):
             x2, w.values, w.scales, w.zeros, w.global_scale, element_dtype=w.fmt.element_dtype,
             block_k=bk, block_n=bn, layout=w.layout, k=k, n=n, out_dtype=out_dtype, impl=impl,
             interpret=interpret)
-    from pallas_kernels.act_quant import api as aq
     from pallas_kernels.scaled_gemm import api as sg
-    xv, xs = aq.quantize_activations(
+    xv, xs = sg.quantize_activations(
         x2, element_dtype=act.element_dtype, block_k=act.block[0], scale_dtype=act.scale_dtype,
-        mx_round="up" if act.scale_rule == "mx-up" else "floor", impl=impl, interpret=interpret)
+        mx_round="up" if act.scale_rule == "mx-up" else "floor",
+        impl=impl if impl in ("xla", "pallas") else "auto", interpret=interpret)
     return sg.scaled_matmul(
         xv, xs, w.values, w.scales, x_block_k=act.block[0] or xv.shape[-1], w_block_k=bk,
         w_block_n=bn, layout=w.layout, w_element_dtype=w.fmt.element_dtype, k=k, n=n,
@@ -121,13 +104,10 @@ def _kernel_call(x2, w: QTensor, act, impl, out_dtype, interpret):
 
 
 def _dispatch(x2, w: QTensor, act, impl, out_dtype, interpret):
-    if impl == "xla":
-        return reference(x2, w, act, out_dtype)
     try:
         return _kernel_call(x2, w, act, impl, out_dtype, interpret)
-    except (KernelUnavailableError, NotImplementedError, ImportError) as e:
-        if impl != "auto":
+    except (ValueError, NotImplementedError, ImportError) as e:
+        if impl in ("pallas", "triton"):
             raise KernelUnavailableError(f"impl={impl!r} cannot run for {w.fmt.name}"
                                          f"{'' if act is None else ' x ' + act.name}: {e}") from e
-        _log_fallback_once(f"{w.fmt.name}{'' if act is None else ' x ' + act.name}: {e}")
-        return reference(x2, w, act, out_dtype)
+        raise

@@ -177,8 +177,14 @@ def quantize(
     layout = layout or ("kn" if ax == -2 else "nk")
     if layout not in ("kn", "nk"):
         raise ValueError(f"{layout=} must be 'kn' or 'nk'")
-    w = x if ax == -2 else jnp.swapaxes(x, -1, -2)  # (..., K, N)
-    values, scales, zeros, gscale = _quantize_blocks(w, fmt, layout)
+    if fmt.kind == "activation" and ax == -1 and layout == "nk":
+        # Activations in their natural (..., M, K) order: the kernels' dynamic quantizer
+        # is the definition, so qmatmul's reference and its kernels agree bit for bit.
+        values, scales = _quantize_rows(x, fmt)
+        zeros = gscale = None
+    else:
+        w = x if ax == -2 else jnp.swapaxes(x, -1, -2)  # (..., K, N)
+        values, scales, zeros, gscale = _quantize_blocks(w, fmt, layout)
     return QTensor(values=values, scales=scales, zeros=zeros, global_scale=gscale,
                    fmt=fmt, shape=shape, axis=ax, layout=layout, act=act)
 
@@ -188,6 +194,14 @@ def _quantize_blocks(w, fmt: QuantFormat, layout: str):
     return blocks.quantize_blocks(
         w, element_dtype=fmt.element_dtype, scale_dtype=fmt.scale_dtype,
         block_k=fmt.block[0], block_n=fmt.block[1], scale_rule=fmt.scale_rule, layout=layout)
+
+
+@functools.partial(jax.jit, static_argnames=("fmt",))
+def _quantize_rows(x, fmt: QuantFormat):
+    from pallas_kernels.act_quant.reference import quantize_rows
+    return quantize_rows(x, element_dtype=fmt.element_dtype, block_k=fmt.block[0],
+                         scale_dtype=fmt.scale_dtype,
+                         mx_round="up" if fmt.scale_rule == "mx-up" else "floor")
 
 
 def dequantize(q: QTensor, dtype=jnp.float32) -> jax.Array:

@@ -67,3 +67,25 @@ def test_jit_and_vmap_over_x():
     np.testing.assert_allclose(np.asarray(f(x, q)), np.asarray(lj.qmatmul(x, q, impl="xla")), rtol=1e-5, atol=1e-5)
     yv = jax.vmap(lambda xi: lj.qmatmul(xi, q, impl="xla"))(x)
     np.testing.assert_allclose(np.asarray(yv), np.asarray(f(x, q)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("recipe", sorted(lj.RECIPES))
+def test_pallas_interpret_path_matches_xla_for_every_recipe(recipe, interpret):
+    """The QTensor -> kernel mapping (not the kernels themselves: tests/pallas_kernels)."""
+    r = lj.get_recipe(recipe)
+    q = lj.quantize(rand(256, 96, seed=4), r.weight, layout=r.layout, act=r.act)
+    x = rand(3, 256, seed=5, dtype=jnp.bfloat16)
+    ref = lj.qmatmul(x, q, impl="xla", out_dtype=jnp.float32)
+    y = lj.qmatmul(x, q, impl="pallas", interpret=interpret, out_dtype=jnp.float32)
+    # bf16 x and f32 accumulation on both sides; kernels may round dequantized weights to
+    # bf16 before the dot (2**-8 relative per element, ~1e-3 over the sum).
+    rel = float(jnp.linalg.norm(y - ref) / jnp.linalg.norm(ref))
+    assert rel < 4e-3, rel
+
+
+def test_explicit_pallas_without_gpu_or_interpret_raises_with_reason():
+    if jax.default_backend() == "gpu":
+        pytest.skip("on a GPU the kernel runs")
+    q = lj.quantize(rand(128, 32), "int4-g128")
+    with pytest.raises(lj.KernelUnavailableError, match="int4-g128.*interpret"):
+        lj.qmatmul(rand(2, 128, dtype=jnp.bfloat16), q, impl="pallas")
