@@ -1,0 +1,215 @@
+"""The one public entry of weight-only block-scaled matmul: `weight_only_matmul`.
+
+`x @ W` where W (k, n) is stored by the contract of `pallas_kernels.blocks` (codes +
+block scales [+ zeros] [+ global scale]) and only x is a float array. Implementations:
+
+    "xla"     `reference.weight_only_matmul_reference`: dequantize, dot (XLA fuses what it can).
+    "pallas"  `pallas_kernel.py`: BlockSpec Pallas kernel; `interpret=True` runs it anywhere.
+    "triton"  `triton_kernel.py`: raw Triton via jax-triton, NVIDIA GPUs only (the fast path).
+    "auto"    on GPU: triton, else pallas, else xla; off GPU: xla. Each fallback logs its
+              reason once (logging, module logger).
+
+`unsupported_reason(...)` says why an implementation cannot run (None when it can); an
+explicit impl raises ValueError/NotImplementedError with that reason.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels import blocks
+from pallas_kernels.weight_only import triton_kernel
+from pallas_kernels.weight_only.config import (
+    ELEMENT_DTYPES, SCALE_DTYPES, TileConfig, WeightSpec, choose_config)
+from pallas_kernels.weight_only.pallas_kernel import weight_only_matmul_pallas
+from pallas_kernels.weight_only.reference import weight_only_matmul_reference
+
+logger = logging.getLogger(__name__)
+IMPLS = ("auto", "xla", "pallas", "triton")
+X_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def _padded(k: int, n: int, element_dtype, block_k: int, block_n: int) -> tuple[int, int]:
+    kp = -(-k // block_k) * block_k
+    if blocks.is_four_bit(element_dtype) and kp % 2:
+        kp *= 2
+    return kp, -(-n // block_n) * block_n
+
+
+@functools.cache
+def _log_once(msg: str) -> None:
+    logger.warning(msg)
+
+
+def _on_gpu() -> bool:
+    return jax.default_backend() == "gpu"
+
+
+def _device_kind() -> str | None:
+    """The GPU's name (keys the tuned tile tables), None off GPU."""
+    return jax.devices()[0].device_kind if _on_gpu() else None
+
+
+def unsupported_reason(x_shape, x_dtype, *, element_dtype, scale_dtype, block_k: int,
+                       block_n: int, layout: str, k: int, n: int, impl: str,
+                       interpret: bool = False, kp: int | None = None,
+                       np_: int | None = None, config: TileConfig | None = None) -> str | None:
+    """Why `impl` cannot compute this product (None when it can). kp/np_ default to the
+    smallest padding the contract allows."""
+    if impl not in IMPLS:
+        return f"{impl=} must be one of {IMPLS}"
+    if jnp.dtype(element_dtype) not in ELEMENT_DTYPES:
+        return f"element_dtype={jnp.dtype(element_dtype)} not in {ELEMENT_DTYPES}"
+    if jnp.dtype(scale_dtype) not in SCALE_DTYPES:
+        return f"scale_dtype={jnp.dtype(scale_dtype)} not in {SCALE_DTYPES}"
+    if layout not in ("kn", "nk"):
+        return f"{layout=} must be 'kn' or 'nk'"
+    if len(x_shape) != 2 or x_shape[-1] != k:
+        return f"x_shape={tuple(x_shape)} must be (M, {k=})"
+    if impl == "xla":
+        return None
+    if jnp.dtype(x_dtype) not in X_DTYPES:
+        return f"x_dtype={jnp.dtype(x_dtype)} must be bfloat16 or float16 for impl={impl!r}"
+    if kp is None or np_ is None:
+        kp, np_ = _padded(k, n, element_dtype, block_k, block_n)
+    try:
+        spec = WeightSpec(element_dtype=jnp.dtype(element_dtype), scale_dtype=jnp.dtype(scale_dtype),
+                          block_k=block_k, block_n=block_n, layout=layout, k=k, n=n, kp=kp, np_=np_)
+    except ValueError as e:
+        return str(e)
+    backend = "pallas" if impl == "pallas" else "triton"
+    if impl == "auto":
+        if not _on_gpu():
+            return "no GPU: the kernels run natively on NVIDIA GPUs only (interpret=True runs impl='pallas' anywhere)"
+        backend = "triton" if triton_kernel.available() is None else "pallas"
+    cfg = config or choose_config(x_shape[0], spec, backend=backend, device_kind=_device_kind())
+    if (why := cfg.check(spec)) is not None:
+        return why
+    if backend == "triton":
+        if interpret:
+            return "impl='triton' has no interpret mode (use impl='pallas' with interpret=True)"
+        if (why := triton_kernel.available()) is not None:
+            return why
+        if not _on_gpu():
+            return "impl='triton' needs an NVIDIA GPU"
+        if (cfg.block_m < 16 or cfg.block_n < 16 or cfg.block_k < (32 if spec.four_bit else 16)
+                or cfg.block_k & (cfg.block_k - 1)):
+            return f"Triton dots need block_m, block_n >= 16 and block_k >= 32 (4-bit) / 16: {cfg}"
+        return None
+    # Pallas: K tiles and splits must cover kp exactly, scale rows whole.
+    tk = cfg.block_k
+    if np_ % cfg.block_n:
+        return f"{np_=} must be a multiple of block_n={cfg.block_n} for impl='pallas'"
+    if kp % (tk * cfg.split_k):
+        return f"{kp=} must be a multiple of block_k*split_k={tk * cfg.split_k} for impl='pallas'"
+    ks = kp // cfg.split_k
+    if ks % block_k and block_k % ks and block_k < kp:
+        return f"K per split {ks} and {block_k=} must divide one another for impl='pallas'"
+    if not interpret:
+        if not _on_gpu():
+            return "impl='pallas' runs natively only on GPU; pass interpret=True"
+        if min(cfg.block_m, cfg.block_n, tk // (2 if spec.four_bit else 1)) < 16 or tk & (tk - 1):
+            return f"Pallas-on-GPU (Triton lowering) needs tiles >= 16: {cfg}"
+    return None
+
+
+def _kernel_call(x, values, scales, zeros, global_scale, *, chosen, spec, cfg, out_dtype,
+                 interpret):
+    if chosen == "pallas":
+        return weight_only_matmul_pallas(x, values, scales, zeros, global_scale, spec=spec,
+                                         cfg=cfg, out_dtype=out_dtype, interpret=interpret)
+    return triton_kernel.weight_only_matmul_triton(x, values, scales, zeros, global_scale,
+                                                   spec=spec, cfg=cfg, out_dtype=out_dtype)
+
+
+def _batched_kernel_call(x, values, scales, zeros, global_scale, **static):
+    """The kernel call with a vmap rule (jax-triton has none): a batched x is folded into
+    M (one launch); batched weights are mapped over sequentially."""
+
+    @jax.custom_batching.custom_vmap
+    def call(x, values, scales, zeros, global_scale):
+        return _kernel_call(x, values, scales, zeros, global_scale, **static)
+
+    @call.def_vmap
+    def _rule(axis_size, in_batched, x, values, scales, zeros, global_scale):
+        xb, *wb = in_batched
+        if not any(jax.tree_util.tree_leaves(wb)):
+            if not xb:
+                return call(x, values, scales, zeros, global_scale), False
+            b, m, k = x.shape
+            out = call(x.reshape(b * m, k), values, scales, zeros, global_scale)
+            return out.reshape(b, m, -1), True
+        args = (x, values, scales, zeros, global_scale)
+        flags = (xb, *wb)
+
+        def bcast(a, f):
+            if a is None or f:
+                return a
+            return jnp.broadcast_to(a, (axis_size, *jnp.shape(a)))
+        args = tuple(jax.tree_util.tree_map(bcast, a, f) if a is not None else None
+                     for a, f in zip(args, flags))
+        return jax.lax.map(lambda t: call(*t), args), True
+
+    return call(x, values, scales, zeros, global_scale)
+
+
+def weight_only_matmul(x, values, scales, zeros=None, global_scale=None, *, element_dtype,
+                       block_k: int, block_n: int, layout: str = "kn", k: int, n: int,
+                       out_dtype=None, impl: str = "auto", interpret: bool = False,
+                       config: TileConfig | None = None) -> jax.Array:
+    """x (M, k) bf16/f16 times the stored weight (k, n) -> (M, n) `out_dtype` (default x.dtype).
+
+    values/scales/zeros/global_scale follow `pallas_kernels.blocks` ("kn" or "nk" layout).
+    Leading batch axes of x are flattened into M.
+    """
+    out_dtype = jnp.dtype(out_dtype or x.dtype)
+    lead = x.shape[:-1]
+    if x.ndim != 2:
+        x = x.reshape(-1, x.shape[-1])
+    if x.shape[-1] != k:
+        raise ValueError(f"x.shape[-1]={x.shape[-1]} must equal {k=}")
+    kdim = 0 if layout == "kn" else 1
+    kp = values.shape[kdim] * (2 if blocks.is_four_bit(element_dtype) else 1)
+    np_ = values.shape[1 - kdim]
+    if values.dtype != blocks.storage_dtype(element_dtype):
+        raise ValueError(f"values.dtype={values.dtype} must be {blocks.storage_dtype(element_dtype)} "
+                         f"for element_dtype={jnp.dtype(element_dtype)}")
+    want_s = (kp // block_k, np_ // block_n) if layout == "kn" else (np_ // block_n, kp // block_k)
+    if kp % block_k or np_ % block_n or scales.shape != want_s:
+        raise ValueError(f"scales.shape={scales.shape} must be {want_s} for values {values.shape}, "
+                         f"{block_k=}, {block_n=}, {layout=}")
+    if zeros is not None and (zeros.shape != scales.shape or zeros.dtype != scales.dtype):
+        raise ValueError(f"zeros {zeros.shape} {zeros.dtype} must match scales {scales.shape} {scales.dtype}")
+    kw = dict(element_dtype=element_dtype, scale_dtype=scales.dtype, block_k=block_k,
+              block_n=block_n, layout=layout, k=k, n=n, kp=kp, np_=np_, config=config)
+    chosen = impl
+    if impl == "auto":
+        why = unsupported_reason(x.shape, x.dtype, impl="auto", interpret=interpret, **kw)
+        if why is None:
+            chosen = "triton" if triton_kernel.available() is None else "pallas"
+            why = unsupported_reason(x.shape, x.dtype, impl=chosen, interpret=interpret, **kw)
+        if why is not None:
+            _log_once(f"weight_only_matmul: falling back to XLA: {why}")
+            chosen = "xla"
+    else:
+        why = unsupported_reason(x.shape, x.dtype, impl=impl, interpret=interpret, **kw)
+        if why is not None:
+            # Arguments XLA would accept but this kernel cannot take: NotImplementedError.
+            args_ok = unsupported_reason(x.shape, x.dtype, impl="xla", **kw) is None
+            raise (NotImplementedError if args_ok and impl in IMPLS else ValueError)(why)
+    if chosen == "xla":
+        out = weight_only_matmul_reference(
+            x, values, scales, zeros, global_scale, element_dtype=element_dtype,
+            block_k=block_k, block_n=block_n, layout=layout, k=k, n=n, out_dtype=out_dtype)
+        return out.reshape(*lead, n)
+    spec = WeightSpec(element_dtype=jnp.dtype(element_dtype), scale_dtype=jnp.dtype(scales.dtype),
+                      block_k=block_k, block_n=block_n, layout=layout, k=k, n=n, kp=kp, np_=np_,
+                      has_zeros=zeros is not None, has_global_scale=global_scale is not None)
+    cfg = config or choose_config(x.shape[0], spec, backend=chosen, device_kind=_device_kind())
+    out = _batched_kernel_call(x, values, scales, zeros, global_scale, chosen=chosen, spec=spec,
+                               cfg=cfg, out_dtype=out_dtype, interpret=interpret)
+    return out.reshape(*lead, n)

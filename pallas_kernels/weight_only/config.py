@@ -1,0 +1,263 @@
+"""Static facts of a weight-only matmul and the tile configs of its kernels.
+
+Glossary (see `pallas_kernels.blocks` for block and layout)
+    WeightSpec  what the kernel must know about the stored weight: element and scale dtypes,
+                the scale block (block_k along K, block_n along N), layout, logical (k, n)
+                and padded (kp, np_) sizes, and whether zeros / a global scale are present.
+                Hashable: it is a static argument of the jitted kernels.
+    TileConfig  how one kernel program covers the problem: a (block_m, block_n) output tile,
+                a K step of block_k elements per loop iteration, and `split_k` programs
+                sharing the K axis of one output tile (their f32 partial sums are added by
+                XLA afterwards). Decode (M <= 64) is memory-bound: the chooser picks tiles
+                and split_k so that enough programs stream the weight to fill 132 SMs.
+                Prefill (M >= 256) is tensor-core bound: large tiles, no split.
+
+The tile K step (block_k here, "tile") and the scale block (WeightSpec.block_k, "block")
+are different things: a tile covers whole blocks (tile % block == 0, scales multiply the
+decoded weight before the dot) or lies inside one block (block % tile == 0, the scale
+multiplies the dot's result: fewer multiplies).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import re
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+from pallas_kernels import blocks
+
+ELEMENT_DTYPES = tuple(
+    jnp.dtype(d)
+    for d in (jnp.int8, jnp.int4, jnp.uint4, jnp.float8_e4m3fn, jnp.float4_e2m1fn)
+)
+SCALE_DTYPES = tuple(
+    jnp.dtype(d)
+    for d in (jnp.float32, jnp.bfloat16, jnp.float8_e8m0fnu, jnp.float8_e4m3fn)
+)
+NUM_SMS = 132  # H100 SXM / H200; only used to size split-K, never for correctness.
+
+
+def _pow2(v: int) -> bool:
+    return v > 0 and v & (v - 1) == 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class WeightSpec:
+    """Static description of one stored weight (see module docstring)."""
+
+    element_dtype: np.dtype
+    scale_dtype: np.dtype
+    block_k: int
+    block_n: int
+    layout: str
+    k: int
+    n: int
+    kp: int
+    np_: int
+    has_zeros: bool = False
+    has_global_scale: bool = False
+
+    def __post_init__(self):
+        if self.element_dtype not in ELEMENT_DTYPES:
+            raise ValueError(f"element_dtype={self.element_dtype} not in {ELEMENT_DTYPES}")
+        if self.scale_dtype not in SCALE_DTYPES:
+            raise ValueError(f"scale_dtype={self.scale_dtype} not in {SCALE_DTYPES}")
+        if self.layout not in ("kn", "nk"):
+            raise ValueError(f"layout={self.layout!r} must be 'kn' or 'nk'")
+        if self.block_k <= 0 or self.block_n <= 0:
+            raise ValueError(f"block_k={self.block_k} and block_n={self.block_n} must be > 0")
+        if self.kp % self.block_k:
+            raise ValueError(f"kp={self.kp} must be a multiple of block_k={self.block_k}")
+        if self.np_ % self.block_n:
+            raise ValueError(f"np_={self.np_} must be a multiple of block_n={self.block_n}")
+        if self.four_bit and self.kp % 2:
+            raise ValueError(f"kp={self.kp} must be even for 4-bit elements")
+        if not (0 < self.k <= self.kp and 0 < self.n <= self.np_):
+            raise ValueError(f"need 0 < k={self.k} <= kp={self.kp} and 0 < n={self.n} <= np_={self.np_}")
+
+    @property
+    def four_bit(self) -> bool:
+        return blocks.is_four_bit(self.element_dtype)
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes of values + scales (+ zeros) read by one matmul."""
+        vbytes = self.kp * self.np_ // (2 if self.four_bit else 1)
+        nscales = (self.kp // self.block_k) * (self.np_ // self.block_n)
+        sbytes = nscales * self.scale_dtype.itemsize * (2 if self.has_zeros else 1)
+        return vbytes + sbytes
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TileConfig:
+    """One kernel program's tile (see module docstring). `num_warps`/`num_stages` are
+    Triton's (ignored in interpret mode); `fast_decode` selects the GPU bit-trick upcast
+    of the Triton kernel (inline PTX) instead of its portable arithmetic decode."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 3
+    fast_decode: bool = True
+    pre_scale: bool = False  # scale the tile before the dot even inside one block (prefill)
+    x_mode: int = 1  # 4-bit, Triton: 0 split a loaded x tile, 1 load even/odd k, 2 interleave w
+    kernel: str = "dot"  # Triton: "dot" (x @ W tiles), "fma" (GEMV, M <= 8), "swapab" (W^T x^T)
+
+    def __post_init__(self):
+        for name in ("block_m", "block_n", "block_k", "split_k", "num_warps", "num_stages"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v <= 0:
+                raise ValueError(f"{name}={v!r} must be a positive int")
+        for name in ("block_m", "block_n"):
+            if not _pow2(getattr(self, name)):
+                raise ValueError(f"{name}={getattr(self, name)} must be a power of 2")
+        if self.kernel not in ("dot", "fma", "swapab"):
+            raise ValueError(f"kernel={self.kernel!r} must be 'dot', 'fma' or 'swapab'")
+        if self.kernel == "fma" and self.block_m > 8:
+            raise ValueError(f"kernel='fma' unrolls over rows: block_m={self.block_m} must be <= 8")
+        if self.kernel == "swapab" and self.block_m < 16:
+            raise ValueError(f"kernel='swapab' needs block_m={self.block_m} >= 16 (tensor-core tile)")
+
+    def check(self, spec: WeightSpec) -> str | None:
+        """Why this tile cannot cover `spec` (None when it can)."""
+        bk, tk = spec.block_k, self.block_k
+        if spec.four_bit and tk % 2:
+            return f"tile block_k={tk} must be even for 4-bit elements"
+        if bk < spec.kp and not (tk % bk == 0 or bk % tk == 0):
+            return f"tile block_k={tk} and scale block_k={bk} must divide one another"
+        if self.kernel != "dot" and not (bk >= spec.kp or bk % tk == 0):
+            return f"kernel={self.kernel!r} needs the tile K={tk} inside one scale block (block_k={bk})"
+        bn, tn = spec.block_n, self.block_n
+        if not (bn == 1 or bn % tn == 0):
+            return f"scale block_n={bn} must be 1 or a multiple of tile block_n={tn}"
+        return None
+
+
+def _split_k(spec: WeightSpec, cfg_k: int, n_tiles: int, m_tiles: int, target: int) -> int:
+    """Largest-useful power-of-2 split of the K tiles so that programs >= target."""
+    k_tiles = -(-spec.kp // cfg_k)
+    split = 1
+    while (n_tiles * m_tiles * split < target and split * 2 <= k_tiles // 2
+           and k_tiles % (split * 2) == 0):
+        split *= 2
+    return split
+
+
+TUNED_DIR = Path(__file__).parent / "tuned"
+TUNED_FIELDS = ("kernel", "block_m", "block_n", "block_k", "num_warps", "num_stages", "x_mode", "pre_scale")
+
+
+def table_key(element_dtype, block_k: int | None, block_n: int, layout: str) -> str:
+    """Tuned-table key: element dtype, scale block (None = per channel) and layout. The scale
+    dtype is left out: it costs one load per block and does not move the best tile."""
+    bk = "channel" if block_k is None else str(block_k)
+    return f"{jnp.dtype(element_dtype).name}/{bk}x{block_n}/{layout}"
+
+
+def spec_key(spec: WeightSpec) -> str:
+    return table_key(spec.element_dtype, None if spec.block_k >= spec.kp else spec.block_k,
+                     spec.block_n, spec.layout)
+
+
+def m_bucket(m: int) -> str | None:
+    """Decode M buckets of the tuned table (tuned at M=1 and M=16)."""
+    return "m1" if m <= 4 else ("m16" if m <= 64 else None)
+
+
+def device_slug(device_kind: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", device_kind.lower()).strip("-")
+
+
+@functools.cache
+def tuned_table(device_kind: str) -> dict:
+    """{spec_key: {m_bucket: TileConfig fields}} for one device kind, written by
+    `scripts/bench_kernels.py --sweep --write-table` (never by hand); {} if none exists."""
+    path = TUNED_DIR / f"{device_slug(device_kind)}.json"
+    return json.loads(path.read_text())["table"] if path.exists() else {}
+
+
+def tuned_config(m: int, spec: WeightSpec, device_kind: str) -> TileConfig | None:
+    """The tuned decode config for (spec, M) on `device_kind`, adapted to M, or None."""
+    bucket = m_bucket(m)
+    fields = tuned_table(device_kind).get(spec_key(spec), {}).get(bucket) if bucket else None
+    if not fields:
+        return None
+    fields = dict(fields)
+    if fields["kernel"] == "fma":
+        if m > 8:
+            return None
+        fields["block_m"] = 1 << max(0, (m - 1).bit_length())
+    elif fields["kernel"] == "swapab":
+        fields["block_m"] = 16 if m <= 16 else (32 if m <= 32 else 64)
+    cfg = TileConfig(**fields)
+    split = _split_k(spec, cfg.block_k, -(-spec.np_ // cfg.block_n), -(-m // cfg.block_m), 4 * NUM_SMS)
+    cfg = dataclasses.replace(cfg, split_k=split)
+    return None if cfg.check(spec) else cfg
+
+
+def choose_config(m: int, spec: WeightSpec, *, backend: str = "triton",
+                  device_kind: str | None = None) -> TileConfig:
+    """Heuristic tile choice by M, K, N (no tuned table yet; `scripts/bench_kernels.py
+    --sweep` times the candidates, see BENCHMARKS.md).
+
+    backend "triton" (raw Triton kernel) or "pallas" (BlockSpec Pallas kernel: its K tiles
+    must divide kp exactly, since its blocks cannot be masked in interpret mode).
+    """
+    if backend == "triton" and device_kind is not None:
+        if (cfg := tuned_config(m, spec, device_kind)) is not None:
+            return cfg
+    bk_scale = spec.block_k
+    if m <= 64:  # decode: memory-bound GEMV-like
+        block_m = 16 if m <= 16 else (32 if m <= 32 else 64)
+        block_n = 128
+        tk = 256 if spec.four_bit else 128
+        num_warps, stages = 4, 4
+    elif m <= 128:
+        block_m, block_n, tk, num_warps, stages = 64, 128, 64, 4, 4
+    else:  # prefill: tensor-core bound (128x256x64, 8 warps, 3 stages: best of the sweep)
+        block_m, block_n, tk, num_warps, stages = 128, 256, 64, 8, 3
+    if spec.block_n > 1:
+        block_n = min(block_n, 1 << (spec.block_n.bit_length() - 1))
+        while spec.block_n % block_n:
+            block_n //= 2
+    # Tile K vs scale block: a tile inside one block (post-dot scaling) when the block is
+    # at least 64 long, else a tile of whole blocks.
+    if bk_scale % tk == 0 or bk_scale >= spec.kp:
+        pass  # inside one block, or per channel
+    elif _pow2(bk_scale) and bk_scale >= 64:
+        tk = min(tk, bk_scale)
+    elif _pow2(bk_scale) and tk % bk_scale == 0:
+        pass
+    else:  # e.g. per-channel with kp not a power of 2: tiles of a power of 2 dividing kp
+        tk = math.gcd(tk, spec.kp & -spec.kp) if spec.kp % tk else tk
+        tk = max(tk, 2)
+    if backend == "pallas":
+        while spec.np_ % block_n and block_n > 1:
+            block_n //= 2
+        while spec.kp % tk and tk > 2:
+            tk //= 2
+        if spec.kp % tk:
+            tk = spec.kp  # one step over all of K (interpret mode only for odd sizes)
+    n_tiles = -(-spec.np_ // block_n)
+    m_tiles = -(-m // block_m)
+    split = 1
+    if m <= 64:
+        split = _split_k(spec, tk, n_tiles, m_tiles, target=4 * NUM_SMS)
+        if backend == "pallas":
+            # Pallas splits must cover whole scale blocks or lie inside one.
+            while split > 1:
+                ks = spec.kp // split
+                if spec.kp % split == 0 and ks % tk == 0 and (ks % bk_scale == 0 or bk_scale % ks == 0):
+                    break
+                split //= 2
+    return TileConfig(block_m=block_m, block_n=block_n, block_k=tk, split_k=split,
+                      num_warps=num_warps, num_stages=stages, pre_scale=m > 64,
+                      x_mode=2)

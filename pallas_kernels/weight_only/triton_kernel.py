@@ -1,0 +1,380 @@
+"""Weight-only block-scaled matmul as a raw Triton kernel called through jax-triton.
+
+The fast GPU path (decode GEMV-like M <= 64 and prefill GEMM alike). Same math as
+`pallas_kernel.py`; what Triton adds is control of the upcast: with `fast_decode` the
+codes become 16-bit floats with bit tricks on whole 32-bit registers (inline PTX, 4 bytes
+= 8 nibbles per instruction) instead of one integer conversion per element, which is what
+keeps a memory-bound GEMV streaming at HBM bandwidth.
+
+Upcast tricks (fast_decode, bf16 activations):
+    int4/uint4  (nibble | 0x4300) is the bf16 128 + nibble (bf16's 7 mantissa bits hold it
+                exactly); int4 flips the sign bit first (two's complement c -> c ^ 8 = c + 8
+                mod 16). The constant offset (128 or 136) is not subtracted per element:
+                the tile's dot is corrected by `offset * sum_k x` (one multiply per output).
+    e2m1        the 3 magnitude bits moved into an e4m3 byte (`(c & 7) << 2`, sign to bit 7)
+                give exactly value * 2**-6, subnormal 0.5 included; the hardware e4m3 -> f16
+                conversion and the scale (times 64) do the rest.
+    int8, e4m3  Triton's own conversion (e4m3 -> f16 is one instruction per 2 elements).
+Portable decode (fast_decode=False) does the same with elementwise Triton ops; it is what
+Triton's CPU interpreter runs (it has no inline assembly).
+
+Scale modes (`scale_mode`): 0 per channel, scales (and the offset/zero correction) applied
+once after the K loop; 1 tile inside one scale block, the tile's dot is scaled (one multiply
+per output); 2 scales multiply the decoded tile before the dot, which then accumulates in
+place (prefill: keeps the tensor-core accumulator chained). 4-bit x modes: 0 split a loaded x
+tile into even/odd k, 1 load even/odd k from memory, 2 interleave the decoded nibbles back
+into K order and do one dot.
+
+Grid: (N tiles, M tiles, split_k). With split_k > 1 each program writes f32 partial sums
+of its K range to (split_k, M, N); XLA adds them and casts.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: the Triton path reports itself unavailable.
+    triton = None
+
+from pallas_kernels.weight_only.config import TileConfig, WeightSpec
+
+ELEM_CODE = {jnp.dtype(jnp.int8): 0, jnp.dtype(jnp.int4): 1, jnp.dtype(jnp.uint4): 2,
+             jnp.dtype(jnp.float8_e4m3fn): 3, jnp.dtype(jnp.float4_e2m1fn): 4}
+SCALE_CODE = {jnp.dtype(jnp.float32): 0, jnp.dtype(jnp.bfloat16): 0,
+              jnp.dtype(jnp.float8_e8m0fnu): 1, jnp.dtype(jnp.float8_e4m3fn): 2}
+
+
+def available() -> str | None:
+    """None when Triton and jax-triton import, else why not."""
+    if triton is None:
+        return "triton is not installed"
+    try:
+        import jax_triton  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - any import failure means unavailable
+        return f"jax_triton does not import ({type(e).__name__}: {e})"
+    return None
+
+
+if triton is not None:
+
+    @triton.jit
+    def _nibbles_to_bf16(p, SIGNED: tl.constexpr):
+        """uint8 tile of packed nibbles -> (lo, hi) bf16 tiles holding 128 + code
+        (SIGNED: 128 + (code ^ 8))."""
+        if SIGNED:
+            return tl.inline_asm_elementwise(
+                asm="""{
+                .reg .b32 t0, t1, z;
+                mov.b32 z, 0;
+                prmt.b32 t0, $4, z, 0x4140;
+                prmt.b32 t1, $4, z, 0x4342;
+                lop3.b32 $0, t0, 0x000f000f, 0x43084308, 0x6a;
+                lop3.b32 $1, t1, 0x000f000f, 0x43084308, 0x6a;
+                shr.b32 t0, t0, 4;
+                shr.b32 t1, t1, 4;
+                lop3.b32 $2, t0, 0x000f000f, 0x43084308, 0x6a;
+                lop3.b32 $3, t1, 0x000f000f, 0x43084308, 0x6a;
+                }""",
+                constraints="=r,=r,=r,=r,r",
+                args=[p], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+        else:
+            return tl.inline_asm_elementwise(
+                asm="""{
+                .reg .b32 t0, t1, z;
+                mov.b32 z, 0;
+                prmt.b32 t0, $4, z, 0x4140;
+                prmt.b32 t1, $4, z, 0x4342;
+                lop3.b32 $0, t0, 0x000f000f, 0x43004300, 0xea;
+                lop3.b32 $1, t1, 0x000f000f, 0x43004300, 0xea;
+                shr.b32 t0, t0, 4;
+                shr.b32 t1, t1, 4;
+                lop3.b32 $2, t0, 0x000f000f, 0x43004300, 0xea;
+                lop3.b32 $3, t1, 0x000f000f, 0x43004300, 0xea;
+                }""",
+                constraints="=r,=r,=r,=r,r",
+                args=[p], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+
+    @triton.jit
+    def _e2m1_to_e4m3_fast(p):
+        """uint8 tile of packed e2m1 pairs -> (lo, hi) uint8 e4m3 bytes = value * 2**-6."""
+        return tl.inline_asm_elementwise(
+            asm="""{
+            .reg .b32 a, b;
+            and.b32 a, $2, 0x07070707;
+            shl.b32 a, a, 2;
+            and.b32 b, $2, 0x08080808;
+            shl.b32 b, b, 4;
+            or.b32 $0, a, b;
+            shr.b32 a, $2, 2;
+            and.b32 a, a, 0x1c1c1c1c;
+            and.b32 b, $2, 0x80808080;
+            or.b32 $1, a, b;
+            }""",
+            constraints="=r,=r,r",
+            args=[p], dtype=(tl.uint8, tl.uint8), is_pure=True, pack=4)
+
+    @triton.jit
+    def _decode_scale(s, SCALE: tl.constexpr):
+        if SCALE == 1:  # e8m0 bits: 2**(e - 127); e == 0 is the subnormal 2**-127
+            e = s.to(tl.int32)
+            bits = tl.where(e == 0, 1 << 22, e << 23)
+            return bits.to(tl.float32, bitcast=True)
+        elif SCALE == 2:  # e4m3 bits
+            return s.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+        else:
+            return s.to(tl.float32)
+
+    @triton.jit
+    def _decode_tile(w, ELEM: tl.constexpr, FAST: tl.constexpr, XT: tl.constexpr):
+        """Stored tile -> (lo, hi) tiles of dtype XT (hi unused for 8-bit elements).
+
+        Returns values + OFFSET (see `_offset`) times 2**-6 for e2m1 (see `_factor`)."""
+        # Conversions go through f32 explicitly (the compiler fuses them; Triton's CPU
+        # interpreter mis-converts int8 -> bf16 directly).
+        if ELEM == 0:
+            v = w.to(tl.float32).to(XT)
+            return v, v
+        elif ELEM == 3:
+            v = w.to(tl.float8e4nv, bitcast=True).to(tl.float32).to(XT)
+            return v, v
+        elif ELEM == 4:
+            if FAST:
+                lo8, hi8 = _e2m1_to_e4m3_fast(w)
+            else:
+                lo8 = ((w & 7) << 2) | ((w & 8) << 4)
+                hi8 = ((w >> 2) & 0x1C) | (w & 0x80)
+            return (lo8.to(tl.float8e4nv, bitcast=True).to(tl.float32).to(XT),
+                    hi8.to(tl.float8e4nv, bitcast=True).to(tl.float32).to(XT))
+        else:
+            if FAST:
+                lo, hi = _nibbles_to_bf16(w, ELEM == 1)
+                return lo, hi
+            else:
+                lo = (w & 15).to(tl.int32)
+                hi = (w >> 4).to(tl.int32)
+                if ELEM == 1:
+                    lo = (lo ^ 8) - 8
+                    hi = (hi ^ 8) - 8
+                return lo.to(tl.float32).to(XT), hi.to(tl.float32).to(XT)
+
+    @triton.jit
+    def _weight_only_kernel(
+        x_ptr, w_ptr, s_ptr, z_ptr, g_ptr,
+        M, K, N, NP, KS,
+        sxm, sxk, swk, swn, ssk, ssn, sos, som, son,
+        o_ptr,  # jax-triton passes outputs after all inputs
+        ELEM: tl.constexpr, SCALE: tl.constexpr, SBK: tl.constexpr, SBN: tl.constexpr,
+        HAS_Z: tl.constexpr, HAS_G: tl.constexpr, FAST: tl.constexpr,
+        OFFSET: tl.constexpr, FACTOR: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
+        MODE: tl.constexpr, XMODE: tl.constexpr,
+        SPLIT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    ):
+        FOUR: tl.constexpr = ELEM == 1 or ELEM == 2 or ELEM == 4
+        XT = x_ptr.dtype.element_ty
+        pid_n = tl.program_id(0)
+        pid_m = tl.program_id(1)
+        pid_s = tl.program_id(2)
+        offs_m = pid_m * BM + tl.arange(0, BM)
+        offs_n = pid_n * BN + tl.arange(0, BN)
+        m_ok = offs_m < M
+        n_ok = offs_n < NP
+        scol = offs_n // SBN
+        k_begin = pid_s * KS
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        xs_acc = tl.zeros((BM, 1), dtype=tl.float32)
+        R: tl.constexpr = BK if SBK > BK else SBK  # rows of one scale block inside a tile
+        G: tl.constexpr = BK // R  # scale blocks per tile (PRE path)
+        # Every split runs KS / BK steps; steps past K load nothing (masked) and add 0.
+        for ki in range(0, KS, BK):
+            kk = k_begin + ki
+            offs_k = kk + tl.arange(0, BK)
+            if FOUR:
+                rows = kk // 2 + tl.arange(0, BK // 2)
+            else:
+                rows = offs_k
+            w_ptrs = w_ptr + rows[:, None] * swk + offs_n[None, :] * swn
+            if EVEN_K and EVEN_N:
+                w = tl.load(w_ptrs)
+            else:
+                if FOUR:
+                    w_mask = (rows[:, None] < (K + 1) // 2) & n_ok[None, :]
+                else:
+                    w_mask = (rows[:, None] < K) & n_ok[None, :]
+                w = tl.load(w_ptrs, mask=w_mask, other=0)
+            lo, hi = _decode_tile(w, ELEM, FAST, XT)
+            if FOUR and XMODE == 1:  # even / odd k of x straight from memory
+                ke = kk + 2 * tl.arange(0, BK // 2)
+                xm = m_ok[:, None] if EVEN_K else m_ok[:, None] & (ke[None, :] < K)
+                xe = tl.load(x_ptr + offs_m[:, None] * sxm + ke[None, :] * sxk, mask=xm, other=0.0)
+                xm = m_ok[:, None] if EVEN_K else m_ok[:, None] & (ke[None, :] + 1 < K)
+                xo = tl.load(x_ptr + offs_m[:, None] * sxm + (ke[None, :] + 1) * sxk, mask=xm, other=0.0)
+                xsum = tl.sum(xe.to(tl.float32), axis=1)[:, None] + tl.sum(xo.to(tl.float32), axis=1)[:, None]
+            else:
+                x_mask = m_ok[:, None] if EVEN_K else m_ok[:, None] & (offs_k[None, :] < K)
+                x = tl.load(x_ptr + offs_m[:, None] * sxm + offs_k[None, :] * sxk,
+                            mask=x_mask, other=0.0)
+                xsum = tl.sum(x.to(tl.float32), axis=1)[:, None]
+                if FOUR and XMODE == 0:
+                    xe, xo = tl.split(tl.reshape(x, (BM, BK // 2, 2)))
+            if MODE == 2:
+                # Scales and offsets applied to the tile before the dot; the dot accumulates.
+                srows = kk // SBK + tl.arange(0, G)
+                sp = srows[:, None] * ssk + scol[None, :] * ssn
+                s_mask = (srows[:, None] * SBK < K) & n_ok[None, :]
+                s2 = _decode_scale(tl.load(s_ptr + sp, mask=s_mask, other=0), SCALE) * FACTOR
+                if HAS_Z:
+                    z2 = _decode_scale(tl.load(z_ptr + sp, mask=s_mask, other=0), SCALE) + OFFSET
+                else:
+                    z2 = tl.zeros((G, BN), tl.float32) + OFFSET
+                if FOUR:
+                    sf = tl.reshape(tl.broadcast_to(s2[:, None, :], (G, R // 2, BN)), (BK // 2, BN))
+                    zf = tl.reshape(tl.broadcast_to(z2[:, None, :], (G, R // 2, BN)), (BK // 2, BN))
+                    lo = ((lo.to(tl.float32) - zf) * sf).to(XT)
+                    hi = ((hi.to(tl.float32) - zf) * sf).to(XT)
+                else:
+                    sf = tl.reshape(tl.broadcast_to(s2[:, None, :], (G, R, BN)), (BK, BN))
+                    zf = tl.reshape(tl.broadcast_to(z2[:, None, :], (G, R, BN)), (BK, BN))
+                    lo = ((lo.to(tl.float32) - zf) * sf).to(XT)
+            if FOUR and XMODE == 2:
+                wf = tl.reshape(tl.permute(tl.join(lo, hi), (0, 2, 1)), (BK, BN))
+            if MODE == 1:
+                # Tile inside one scale block: scale the tile's dot (one multiply per output).
+                if FOUR and XMODE == 2:
+                    d = tl.dot(x, wf, out_dtype=tl.float32)
+                elif FOUR:
+                    d = tl.dot(xe, lo, out_dtype=tl.float32)
+                    d = tl.dot(xo, hi, acc=d, out_dtype=tl.float32)
+                else:
+                    d = tl.dot(x, lo, out_dtype=tl.float32)
+                srow = kk // SBK
+                s_ok = n_ok & (kk < K)
+                s = _decode_scale(tl.load(s_ptr + srow * ssk + scol * ssn, mask=s_ok, other=0),
+                                  SCALE) * FACTOR
+                if HAS_Z:
+                    z = _decode_scale(tl.load(z_ptr + srow * ssk + scol * ssn, mask=s_ok,
+                                              other=0), SCALE)
+                    d = d - xsum * (z[None, :] + OFFSET)
+                elif OFFSET != 0:
+                    d = d - xsum * OFFSET
+                acc += d * s[None, :]
+            else:
+                # MODE 0 (one scale row for all of K: scaled once after the loop) or 2.
+                if FOUR and XMODE == 2:
+                    acc = tl.dot(x, wf, acc=acc, out_dtype=tl.float32)
+                elif FOUR:
+                    acc = tl.dot(xe, lo, acc=acc, out_dtype=tl.float32)
+                    acc = tl.dot(xo, hi, acc=acc, out_dtype=tl.float32)
+                else:
+                    acc = tl.dot(x, lo, acc=acc, out_dtype=tl.float32)
+                if MODE == 0 and (HAS_Z or OFFSET != 0):
+                    xs_acc += xsum
+        if MODE == 0:
+            s = _decode_scale(tl.load(s_ptr + scol * ssn, mask=n_ok, other=0), SCALE) * FACTOR
+            if HAS_Z:
+                z = _decode_scale(tl.load(z_ptr + scol * ssn, mask=n_ok, other=0), SCALE)
+                acc = acc - xs_acc * (z[None, :] + OFFSET)
+            elif OFFSET != 0:
+                acc = acc - xs_acc * OFFSET
+            acc = acc * s[None, :]
+        if HAS_G:
+            acc = acc * tl.load(g_ptr)
+        o_ptrs = o_ptr + pid_s * sos + offs_m[:, None] * som + offs_n[None, :] * son
+        tl.store(o_ptrs, acc.to(o_ptr.dtype.element_ty), mask=m_ok[:, None] & (offs_n[None, :] < N))
+
+
+def kernel_constants(spec: WeightSpec, cfg: TileConfig, x_dtype) -> dict:
+    """The constexpr arguments of `_weight_only_kernel` (also used by the CPU interpreter test)."""
+    elem = ELEM_CODE[jnp.dtype(spec.element_dtype)]
+    fast = bool(cfg.fast_decode and jnp.dtype(x_dtype) == jnp.bfloat16)
+    offset = 0
+    if fast and elem == 1:
+        offset = 136
+    elif fast and elem == 2:
+        offset = 128
+    ks = _split_len(spec, cfg)
+    return dict(
+        ELEM=elem, SCALE=SCALE_CODE[jnp.dtype(spec.scale_dtype)], SBK=spec.block_k,
+        SBN=spec.block_n, HAS_Z=spec.has_zeros, HAS_G=spec.has_global_scale, FAST=fast,
+        OFFSET=offset, FACTOR=64.0 if elem == 4 else 1.0,
+        EVEN_K=spec.k % (ks) == 0 and ks * cfg.split_k == spec.k and ks % cfg.block_k == 0,
+        EVEN_N=spec.np_ % cfg.block_n == 0,
+        MODE=scale_mode(spec, cfg), XMODE=cfg.x_mode,
+        SPLIT=cfg.split_k, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k)
+
+
+def scale_mode(spec: WeightSpec, cfg: TileConfig) -> int:
+    """0: one scale row for all K (per channel), applied after the loop; 1: tile inside one
+    block, scale multiplies the tile's dot; 2: scales multiply the tile before the dot."""
+    if spec.block_k >= spec.kp:
+        return 0
+    if spec.block_k % cfg.block_k == 0 and not cfg.pre_scale:
+        return 1
+    return 2
+
+
+def _split_len(spec: WeightSpec, cfg: TileConfig) -> int:
+    k_tiles = -(-spec.k // cfg.block_k)
+    return -(-k_tiles // cfg.split_k) * cfg.block_k
+
+
+def launch_args(x, values, scales, zeros, global_scale, spec: WeightSpec, cfg: TileConfig):
+    """Arrays and integer arguments in kernel order (before the output), plus grid."""
+    m = x.shape[0]
+    u8 = lambda a: jax.lax.bitcast_convert_type(a, jnp.uint8) if a.dtype.itemsize == 1 and a.dtype != jnp.uint8 else a  # noqa: E731
+    w = values
+    if jnp.dtype(spec.element_dtype) == jnp.float8_e4m3fn:
+        w = jax.lax.bitcast_convert_type(values, jnp.uint8)
+    s = u8(scales)
+    z = u8(zeros) if zeros is not None else jnp.zeros((1,), s.dtype)
+    g = (jnp.asarray(global_scale, jnp.float32).reshape(1) if global_scale is not None
+         else jnp.ones((1,), jnp.float32))
+    kn = spec.layout == "kn"
+    wr, wc = (values.shape[0], values.shape[1]) if kn else (values.shape[1], values.shape[0])
+    swk, swn = (wc, 1) if kn else (1, wr)
+    sr = spec.kp // spec.block_k
+    sc = spec.np_ // spec.block_n
+    ssk, ssn = (sc, 1) if kn else (1, sr)
+    ks = _split_len(spec, cfg)
+    if cfg.split_k == 1:
+        sos, som, son = 0, spec.n, 1
+    else:
+        sos, som, son = m * spec.n, spec.n, 1
+    ints = (m, spec.k, spec.n, spec.np_, ks, x.shape[1], 1, swk, swn, ssk, ssn, sos, som, son)
+    grid = (-(-spec.np_ // cfg.block_n), -(-m // cfg.block_m), cfg.split_k)
+    return (x, w, s, z, g), ints, grid
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "cfg", "out_dtype"))
+def weight_only_matmul_triton(x, values, scales, zeros, global_scale, *, spec: WeightSpec,
+                              cfg: TileConfig, out_dtype):
+    """x (M, k) bf16/f16 -> (M, n) out_dtype on an NVIDIA GPU. Caller validates."""
+    import jax_triton as jt
+
+    arrays, ints, grid = launch_args(x, values, scales, zeros, global_scale, spec, cfg)
+    m = x.shape[0]
+    if cfg.split_k == 1:
+        out_shape = jax.ShapeDtypeStruct((m, spec.n), out_dtype)
+    else:
+        out_shape = jax.ShapeDtypeStruct((cfg.split_k, m, spec.n), jnp.float32)
+    from pallas_kernels.weight_only import triton_decode
+    kernel = {"dot": _weight_only_kernel, "fma": triton_decode._gemv_fma_kernel,
+              "swapab": triton_decode._swapab_kernel}[cfg.kernel]
+    out = jt.triton_call(
+        *arrays, *ints,
+        kernel=kernel,
+        out_shape=out_shape,
+        grid=grid,
+        name="weight_only_matmul_triton",
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+        **kernel_constants(spec, cfg, x.dtype),
+    )
+    if cfg.split_k > 1:
+        out = out.sum(axis=0).astype(out_dtype)
+    return out

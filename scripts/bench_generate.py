@@ -1,0 +1,114 @@
+"""End-to-end generate speed on the GPU: prefill and decode tokens/s per recipe.
+
+    python -m scripts.bench_generate [--model llama3-8b] [--recipes float,w4a16,w8a16,fp8-block]
+
+Random weights of the preset's shape (bf16 activations; `quant.random_model` quantizes one
+leaf at a time). Per recipe, in one process:
+    decode   two calls that generate 16 and 48 tokens share one compiled program (same
+             buckets); their time difference over the 32 extra steps gives the decode rate,
+             B * 32 / (t48 - t16), prefill excluded. Batch 1 with a 2048-token prompt and
+             batch 16 with 64-token prompts.
+    prefill  the batch-1 call's time less its 16 decode steps: 2048 / (t16 - 16 * step).
+Each time is the median of 3 calls after a compiling call. JSON rows (card, jax version)
+go to $OUT/bench_generate.json; a short table is printed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from models import config, quant
+from models.generate import SamplingParams, generate
+
+
+def _time(model, prompts, n_new: int, repeats: int = 3) -> float:
+    params = SamplingParams(max_new_tokens=n_new)
+    generate(model, prompts, params, stop_ids=())
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        generate(model, prompts, params, stop_ids=())
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def _decode_rate(model, prompts, b: int) -> tuple[float, float]:
+    """(decode tokens/s, seconds of everything but the decode steps) from two calls that
+    share one compiled program: 16 and 48 new tokens (both in the 64-token bucket)."""
+    t16 = _time(model, prompts, 16)
+    t48 = _time(model, prompts, 48)
+    step = max(t48 - t16, 1e-9) / 32
+    return b / step, t16 - 16 * step
+
+
+def bench_recipe(cfg, recipe: str, *, impl: str, prefill_len: int = 2048) -> dict:
+    t_start = time.perf_counter()
+    model = quant.random_model(cfg, recipe, dtype="bfloat16")
+    quant.set_matmul(model, impl=impl)
+    stats = quant.weight_stats(model)
+    rng = np.random.default_rng(0)
+    row = {"recipe": recipe, "weight_bytes": stats.total_bytes,
+           "bits_per_weight": round(stats.bits_per_weight, 3), "impl": impl}
+    # Batch 1 with a long prompt: decode rate from the difference, prefill from the rest.
+    rate, rest = _decode_rate(model, rng.integers(3, cfg.vocab_size, size=(1, prefill_len)).tolist(), 1)
+    row["decode_b1_tok_s"] = rate
+    row["prefill_tok_s"] = prefill_len / rest
+    rate, _ = _decode_rate(model, rng.integers(3, cfg.vocab_size, size=(16, 64)).tolist(), 16)
+    row["decode_b16_tok_s"] = rate
+    row["seconds"] = round(time.perf_counter() - t_start, 1)
+    print(row, flush=True)
+    return row
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="llama3-8b")
+    ap.add_argument("--recipes", default="float,w4a16,w8a16,fp8-block")
+    ap.add_argument("--impl", default="auto")
+    ap.add_argument("--prefill-len", type=int, default=2048)
+    ap.add_argument("--deadline-s", type=float, default=1e9, help="start no recipe after this many seconds")
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    a = ap.parse_args(argv)
+    cfg = config.get_config(a.model)
+    rows = []
+    t0 = time.perf_counter()
+    for r in a.recipes.split(","):
+        if time.perf_counter() - t0 > a.deadline_s:
+            rows.append({"recipe": r, "error": f"skipped: past --deadline-s={a.deadline_s}"})
+            continue
+        try:
+            rows.append(bench_recipe(cfg, r, impl=a.impl, prefill_len=a.prefill_len))
+        except Exception as e:  # noqa: BLE001 - one failing recipe is a row, not a crash
+            rows.append({"recipe": r, "error": f"{type(e).__name__}: {str(e)[:300]}"})
+            print(rows[-1], flush=True)
+    dev = jax.devices()[0]
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "bench_generate.json"), "w") as f:
+        json.dump({"card": dev.device_kind, "jax": jax.__version__, "model": a.model, "rows": rows}, f, indent=1)
+    base = next((r for r in rows if r["recipe"] == "float" and "error" not in r), None)
+    print(f"{a.model} on {dev.device_kind}, jax {jax.__version__}")
+    print(f"{'recipe':>10s} {'GB':>6s} {'prefill tok/s':>14s} {'dec b1 tok/s':>13s} {'dec b16 tok/s':>14s}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['recipe']:>10s} ERROR {r['error'][:100]}")
+            continue
+
+        def cell(key):
+            v = r.get(key)
+            if v is None:
+                return "-"
+            ratio = f" ({v / base[key]:.2f}x)" if base and base.get(key) else ""
+            return f"{v:.0f}{ratio}"
+        print(f"{r['recipe']:>10s} {r['weight_bytes'] / 1e9:6.2f} {cell('prefill_tok_s'):>14s} "
+              f"{cell('decode_b1_tok_s'):>13s} {cell('decode_b16_tok_s'):>14s}")
+
+
+if __name__ == "__main__":
+    main()

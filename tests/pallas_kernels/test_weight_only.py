@@ -1,0 +1,201 @@
+"""Weight-only block-scaled matmul kernels vs their reference, on the same stored arrays.
+
+Every arrangement of `testing.WEIGHT_CASES` (int8 per channel, int4/uint4 groups, fp8,
+fp8 128x128 blocks, mxfp8, mxfp4, nvfp4), both layouts, odd M and K not a multiple of the
+tile. On CPU the Pallas kernel runs in interpret mode (`interpret` fixture); the same class
+runs natively under `-m gpu`, where the Triton kernel is tested too.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pallas_kernels import blocks
+from pallas_kernels.weight_only import TileConfig, unsupported_reason, weight_only_matmul
+from pallas_kernels.weight_only import testing
+
+CASES = testing.WEIGHT_CASES
+# (m, k, n): odd M; K off the tile (and, per channel, odd); N off the 128 tile.
+SMALL_SHAPES = ((5, 320, 96), (1, 192, 64), (17, 301, 48))
+
+
+def _tolerance(x, w_f32, out_dtype, k):
+    """Elementwise bound on |kernel - reference|.
+
+    Output rounding: half an ulp of out_dtype relative to |ref| (doubled for margin).
+    Contraction: the kernel rounds scaled weights to bf16 before the dot when a tile spans
+    several scale blocks (relative 2**-9 per term) and sums in a different order; those
+    per-term errors have random signs, so they grow like sqrt(K) times rms(x) * rms(w).
+    """
+    eps_out = {jnp.dtype(jnp.bfloat16): 2.0**-8, jnp.dtype(jnp.float16): 2.0**-10,
+               jnp.dtype(jnp.float32): 2.0**-20}[jnp.dtype(out_dtype)]
+    xr = float(jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32)))))
+    wr = float(jnp.sqrt(jnp.mean(jnp.square(w_f32))))
+    return eps_out, 2.0**-7 * math.sqrt(k) * xr * wr
+
+
+def _check(case, m, k, n, layout, impl, interpret, out_dtype=jnp.bfloat16, seed=0, config=None):
+    w = testing.random_weight(jax.random.key(seed), case, k, n, layout)
+    if impl == "pallas" and not interpret:
+        # Natively the Pallas kernel lowers through Triton (power-of-2 tiles >= 16 only);
+        # what it cannot take is covered in interpret mode on CPU.
+        why = unsupported_reason((m, k), jnp.bfloat16, scale_dtype=w["scales"].dtype,
+                                 impl="pallas", config=config,
+                                 **{a: w[a] for a in ("element_dtype", "block_k", "block_n", "layout", "k", "n")})
+        if why is not None:
+            return
+    x = jax.random.normal(jax.random.key(seed + 1), (m, k), jnp.float32).astype(jnp.bfloat16)
+    ref = weight_only_matmul(x, **w, impl="xla", out_dtype=jnp.float32)
+    out = weight_only_matmul(x, **w, impl=impl, interpret=interpret, out_dtype=out_dtype,
+                             config=config)
+    assert out.shape == (m, n) and out.dtype == jnp.dtype(out_dtype)
+    wf = blocks.dequantize_blocks(w["values"], w["scales"], w["zeros"], w["global_scale"],
+                                  element_dtype=w["element_dtype"], block_k=w["block_k"],
+                                  block_n=w["block_n"], layout=layout, k=k, n=n)
+    rel, abs_ = _tolerance(x, wf, out_dtype, k)
+    out32 = np.asarray(out.astype(jnp.float32))
+    ref = np.asarray(ref)
+    assert np.all(np.isfinite(out32))
+    np.testing.assert_array_less(np.abs(out32 - ref), rel * np.abs(ref) + abs_)
+
+
+def _impls(interpret):
+    return ("pallas",) if interpret else ("pallas", "triton")
+
+
+class TestWeightOnlyKernels:
+    """Kernel == reference for every stored arrangement (interpret on CPU, native on GPU)."""
+
+    @pytest.mark.parametrize("layout", ["kn", "nk"])
+    @pytest.mark.parametrize("case", CASES, ids=[c.label for c in CASES])
+    def test_matches_reference(self, case, layout, interpret):
+        for impl in _impls(interpret):
+            for m, k, n in SMALL_SHAPES:
+                if case.block_n > 1:
+                    n = 256
+                if case.block_k and case.block_k > 64 and k == 301:
+                    continue
+                _check(case, m, k, n, layout, impl, interpret)
+
+    @pytest.mark.parametrize("out_dtype", [jnp.float32, jnp.float16])
+    def test_out_dtypes(self, out_dtype, interpret):
+        for impl in _impls(interpret):
+            _check(testing.CASES_BY_LABEL["int4-g128"], 3, 256, 64, "kn", impl, interpret,
+                   out_dtype=out_dtype)
+
+    def test_split_k(self, interpret):
+        cfg = TileConfig(block_m=16, block_n=32, block_k=64, split_k=4)
+        for impl in _impls(interpret):
+            for label in ("int4-g128", "uint4-g32", "fp8"):
+                _check(testing.CASES_BY_LABEL[label], 2, 512, 64, "kn", impl, interpret,
+                       config=cfg)
+
+    def test_batched_x(self, interpret):
+        case = testing.CASES_BY_LABEL["mxfp4"]
+        w = testing.random_weight(jax.random.key(3), case, 128, 64)
+        x = jax.random.normal(jax.random.key(4), (2, 3, 128), jnp.bfloat16)
+        impl = _impls(interpret)[-1]
+        out = weight_only_matmul(x, **w, impl=impl, interpret=interpret)
+        ref = weight_only_matmul(x, **w, impl="xla")
+        assert out.shape == (2, 3, 64)
+        np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref, np.float32),
+                                   rtol=2e-2, atol=2e-2 * float(jnp.abs(ref).max()))
+
+
+    def test_vmap(self, interpret):
+        """vmap over x (folded into M) and over stacked weights (mapped)."""
+        case = testing.CASES_BY_LABEL["int4-g128"]
+        impl = _impls(interpret)[-1]
+        ws = [testing.random_weight(jax.random.key(10 + i), case, 256, 64) for i in range(2)]
+        static = {a: b for a, b in ws[0].items() if a not in ("values", "scales", "zeros", "global_scale")}
+        x = jax.random.normal(jax.random.key(6), (2, 3, 256), jnp.bfloat16)
+        f = jax.jit(lambda x, v, s: weight_only_matmul(x, v, s, **static, impl=impl, interpret=interpret))
+        out = jax.vmap(f, in_axes=(0, None, None))(x, ws[0]["values"], ws[0]["scales"])
+        ref = weight_only_matmul(x, **ws[0], impl="xla")
+        np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref, np.float32),
+                                   rtol=2e-2, atol=2e-2 * float(jnp.abs(ref).max()))
+        v = jnp.stack([w["values"] for w in ws])
+        s = jnp.stack([w["scales"] for w in ws])
+        out = jax.vmap(f, in_axes=(0, 0, 0))(x, v, s)
+        for i in range(2):
+            ref = weight_only_matmul(x[i], **ws[i], impl="xla")
+            np.testing.assert_allclose(np.asarray(out[i], np.float32), np.asarray(ref, np.float32),
+                                       rtol=2e-2, atol=2e-2 * float(jnp.abs(ref).max()))
+
+
+class TestErrors:
+    def test_reason_names_values(self):
+        why = unsupported_reason((4, 100), jnp.bfloat16, element_dtype=jnp.int4,
+                                 scale_dtype=jnp.bfloat16, block_k=128, block_n=1, layout="kn",
+                                 k=100, n=64, impl="pallas", interpret=True,
+                                 config=TileConfig(block_m=16, block_n=64, block_k=48))
+        assert why is not None and "block_k" in why
+
+    def test_bad_layout(self):
+        assert "layout" in unsupported_reason(
+            (4, 64), jnp.bfloat16, element_dtype=jnp.int8, scale_dtype=jnp.float32,
+            block_k=64, block_n=1, layout="xy", k=64, n=8, impl="xla", interpret=True)
+
+    def test_explicit_impl_raises(self):
+        case = testing.CASES_BY_LABEL["int8"]
+        w = testing.random_weight(jax.random.key(0), case, 64, 32)
+        x = jnp.ones((2, 64), jnp.float32)  # kernels take bf16/f16 activations only
+        with pytest.raises((ValueError, NotImplementedError), match="x_dtype"):
+            weight_only_matmul(x, **w, impl="pallas", interpret=True)
+
+    def test_scale_shape_checked(self):
+        case = testing.CASES_BY_LABEL["int4-g128"]
+        w = testing.random_weight(jax.random.key(0), case, 256, 32)
+        w["scales"] = w["scales"][:1]
+        with pytest.raises(ValueError, match="scales.shape"):
+            weight_only_matmul(jnp.ones((1, 256), jnp.bfloat16), **w, impl="xla")
+
+    def test_auto_falls_back_off_gpu(self, interpret, caplog):
+        if not interpret:
+            pytest.skip("GPU present: auto runs a kernel")
+        case = testing.CASES_BY_LABEL["int8"]
+        w = testing.random_weight(jax.random.key(0), case, 64, 32)
+        x = jax.random.normal(jax.random.key(1), (2, 64), jnp.bfloat16)
+        out = weight_only_matmul(x, **w)
+        np.testing.assert_array_equal(np.asarray(out), np.asarray(weight_only_matmul(x, **w, impl="xla")))
+
+
+REAL_SHAPES = ((576, 1536), (4096, 14336), (8192, 28672))
+
+
+@pytest.mark.gpu
+class TestWeightOnlyGPU(TestWeightOnlyKernels):
+    """The same checks natively, plus real widths, jit, vmap and memory."""
+
+    @pytest.mark.parametrize("kn", REAL_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+    @pytest.mark.parametrize("label", ["int8", "int4-g128", "uint4-g128", "fp8", "mxfp8", "mxfp4", "nvfp4"])
+    def test_real_widths(self, label, kn, interpret):
+        for m in (1, 16, 1024):
+            _check(testing.CASES_BY_LABEL[label], m, kn[0], kn[1], "kn", "triton", interpret)
+
+    def test_jit_and_vmap(self, interpret):
+        case = testing.CASES_BY_LABEL["int4-g128"]
+        w = testing.random_weight(jax.random.key(5), case, 1024, 512)
+        x = jax.random.normal(jax.random.key(6), (3, 4, 1024), jnp.bfloat16)
+        static = {k: v for k, v in w.items() if k not in ("values", "scales", "zeros", "global_scale")}
+        f = jax.jit(lambda x, v, s: weight_only_matmul(x, v, s, **static, impl="triton"))
+        out = jax.vmap(f, in_axes=(0, None, None))(x, w["values"], w["scales"])
+        ref = weight_only_matmul(x, **w, impl="xla")
+        np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref, np.float32),
+                                   rtol=2e-2, atol=2e-2 * float(jnp.abs(ref).max()))
+
+    @pytest.mark.parametrize("impl", ["pallas", "triton"])
+    def test_no_dequantized_weight_in_memory(self, impl, interpret):
+        k, n = 4096, 14336
+        case = testing.CASES_BY_LABEL["int4-g128"]
+        w = testing.random_weight(jax.random.key(7), case, k, n)
+        x = jax.ShapeDtypeStruct((1024, k), jnp.bfloat16)
+        static = {a: b for a, b in w.items() if a not in ("values", "scales", "zeros", "global_scale")}
+        f = jax.jit(lambda x, v, s: weight_only_matmul(x, v, s, **static, impl=impl))
+        mem = f.lower(x, w["values"], w["scales"]).compile().memory_analysis()
+        assert mem.temp_size_in_bytes < k * n * 2, mem
