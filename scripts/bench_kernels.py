@@ -143,15 +143,18 @@ def _sweep_configs(m):
 
 
 def _decode_kernel_configs(m):
-    """The FMA GEMV (M <= 8) and swap-AB (M >= 8) kernels of `triton_decode`; tile K 32..128
-    so the tile stays inside a g32..g128 scale block."""
+    """The decode kernels of `triton_decode`: the one-row GEMV (M <= 2) and the FMA GEMV
+    (M <= 8) without tensor cores, and swap-AB (M >= 4) with them. Tile K 16..128, so some
+    tile lies inside every g16..g128 scale block (`TileConfig.check` drops the others)."""
     from pallas_kernels.weight_only.config import TileConfig
     out = []
+    if m <= 2:
+        for bn, bk, w, st in [(128, 64, 4, 4), (256, 64, 8, 4), (128, 32, 4, 8), (256, 32, 4, 6),
+                              (512, 32, 8, 4), (256, 16, 4, 8), (512, 16, 8, 6)]:
+            out.append(TileConfig(block_m=1, block_n=bn, block_k=bk, num_warps=w, num_stages=st, kernel="gemv"))
     if m <= 8:
-        bm = 1 if m == 1 else (4 if m <= 4 else 8)
-        for bn, bk, w, st in [(128, 128, 4, 4), (256, 64, 4, 4), (128, 64, 8, 4), (256, 128, 8, 3)]:
-            if bm * bn * bk <= 4 * 128 * 128:
-                out.append(TileConfig(block_m=bm, block_n=bn, block_k=bk, num_warps=w, num_stages=st, kernel="fma"))
+        bm = 1 << max(0, (m - 1).bit_length())
+        out.append(TileConfig(block_m=bm, block_n=128, block_k=128, num_warps=4, num_stages=4, kernel="fma"))
     if m >= 4:
         bm = 16 if m <= 16 else (32 if m <= 32 else 64)
         for bn, bk, w, st in [(128, 128, 4, 4), (64, 128, 4, 4), (128, 64, 4, 4), (64, 64, 4, 4)]:
@@ -213,30 +216,46 @@ def bench_sweep(args) -> list[Row]:
     return rows
 
 
-def write_tuned_table(rows: list[Row], device_kind: str, meta: dict) -> str:
-    """Best variant per (format, M bucket), by total time over the swept shapes; only
-    variants that ran (and passed their check) on every shape count."""
+TABLE_MARGIN = 0.9  # a variant replaces the heuristic only when >= 10% faster (geo-mean)
+
+
+def _variant(case: str) -> str:
+    """A sweep row's config name without its split_k (which the chooser derives per shape)."""
+    return re.sub(r"s\d+w", "w", case)
+
+
+def write_tuned_table(runs: list[list[Row]], device_kind: str, meta: dict) -> str:
+    """Best decode variant per (format, M bucket): each variant is scored by the geometric
+    mean of its time over the chooser's default config measured in the same run on the
+    same shape; a variant that failed anywhere it was tried is out."""
+    import math
     from pallas_kernels.weight_only import config as wcfg
-    totals: dict = {}
-    for r in rows:
-        if r.case in ("xla-bf16",) or wcfg.m_bucket(r.m) is None:
-            continue
-        key = (r.fmt, wcfg.m_bucket(r.m))
-        t = totals.setdefault(key, {}).setdefault(r.case, [0.0, 0])
-        t[0] += r.us if r.us > 0 else float("inf")
-        t[1] += 1
+    ratios: dict = {}
+    for rows in runs:
+        default = {(r.fmt, r.m, r.k, r.n): r.us for r in rows if r.case == "default" and r.us > 0}
+        for r in rows:
+            if r.case in ("xla-bf16", "default") or wcfg.m_bucket(r.m) is None:
+                continue
+            base = default.get((r.fmt, r.m, r.k, r.n))
+            if base is None:
+                continue
+            ratio = r.us / base if r.us > 0 else float("inf")
+            ratios.setdefault((r.fmt, wcfg.m_bucket(r.m)), {}).setdefault(_variant(r.case), []).append(ratio)
     table = {}
-    for (fmt, bucket), by_case in totals.items():
-        case, _ = min(by_case.items(), key=lambda kv: kv[1][0])
-        if case == "default" or by_case[case][0] == float("inf"):
-            continue  # the heuristic is already best (or nothing ran)
+    for (fmt, bucket), by_case in ratios.items():
+        scored = {c: math.exp(sum(map(math.log, v)) / len(v)) for c, v in by_case.items()
+                  if all(x < float("inf") for x in v)}
+        if not scored:
+            continue
+        case = min(scored, key=scored.get)
+        if not scored[case] < TABLE_MARGIN:
+            continue  # the heuristic is best, or not clearly beaten (timing noise is ~5%)
         c = testing.CASES_BY_LABEL[fmt]
-        kind, dims, rest = case.split("-", 1)[0], *case.split("-", 1)[1].split("s", 1)
-        bm, bn, bk = (int(v) for v in dims.split("x"))
-        w, st = re.match(r"\d+w(\d+)st(\d+)", rest).groups()
+        kind, rest = case.split("-", 1)
+        bm, bn, bk, w, st = (int(v) for v in re.match(r"(\d+)x(\d+)x(\d+)w(\d+)st(\d+)", rest).groups())
         key = wcfg.table_key(c.element_dtype, c.block_k, c.block_n, "kn")
         table.setdefault(key, {})[bucket] = dict(
-            kernel=kind, block_m=bm, block_n=bn, block_k=bk, num_warps=int(w), num_stages=int(st),
+            kernel=kind, block_m=bm, block_n=bn, block_k=bk, num_warps=w, num_stages=st,
             x_mode=1, pre_scale=False)
     path = wcfg.TUNED_DIR / f"{wcfg.device_slug(device_kind)}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -357,6 +376,8 @@ def _parse(argv):
     p.add_argument("--no-mgpu", dest="mgpu", action="store_false")
     p.add_argument("--sweep", action="store_true", help="time tile variants (triton) instead")
     p.add_argument("--sweep-all", action="store_true", help="with --sweep: all variants, not just the decode kernels")
+    p.add_argument("--table-from", nargs="+", default=None, metavar="JSON",
+                   help="rebuild the tuned table from saved --sweep JSON files (no GPU needed)")
     p.add_argument("--write-table", action="store_true",
                    help="with --sweep: write the best decode config per format and M bucket to "
                         "pallas_kernels/weight_only/tuned/<device>.json (read by choose_config)")
@@ -375,6 +396,14 @@ def _parse(argv):
 
 def main(argv=None):
     args = _parse(argv if argv is not None else sys.argv[1:])
+    if args.table_from:
+        runs = [json.load(open(p)) for p in args.table_from]
+        rows = [[Row(**{f.name: r[f.name] for f in dataclasses.fields(Row)}) for r in run["sweep"]] for run in runs]
+        kinds = {run["card"] for run in runs}
+        if len(kinds) != 1:
+            raise SystemExit(f"--table-from files come from different cards: {sorted(kinds)}")
+        print("wrote", write_tuned_table(rows, kinds.pop(), runs[-1]))
+        return
     dev = jax.devices()[0]
     copy_bps = bench_util.copy_bandwidth()
     print(f"device {dev.device_kind}; jax {jax.__version__}; copy bandwidth {copy_bps / 1e12:.2f} TB/s", flush=True)
@@ -390,7 +419,7 @@ def main(argv=None):
             json.dump(result, f, indent=1)
         print(summarize_sweep(rows, copy_bps))
         if args.write_table:
-            print("wrote", write_tuned_table(rows, dev.device_kind, result), flush=True)
+            print("wrote", write_tuned_table([rows], dev.device_kind, result), flush=True)
         return
     if "weight_only" in args.sections:
         rows, checks = bench_weight_only(args)

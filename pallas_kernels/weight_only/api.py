@@ -96,9 +96,11 @@ def unsupported_reason(x_shape, x_dtype, *, element_dtype, scale_dtype, block_k:
             return why
         if not _on_gpu():
             return "impl='triton' needs an NVIDIA GPU"
-        if (cfg.block_m < 16 or cfg.block_n < 16 or cfg.block_k < (32 if spec.four_bit else 16)
-                or cfg.block_k & (cfg.block_k - 1)):
+        dot = cfg.kernel in ("dot", "swapab")  # tensor-core tiles; the GEMVs have none
+        if dot and (cfg.block_m < 16 or cfg.block_n < 16 or cfg.block_k < (32 if spec.four_bit else 16)):
             return f"Triton dots need block_m, block_n >= 16 and block_k >= 32 (4-bit) / 16: {cfg}"
+        if cfg.block_k & (cfg.block_k - 1) or cfg.block_k < 2:
+            return f"tile block_k={cfg.block_k} must be a power of two >= 2"
         return None
     # Pallas: K tiles and splits must cover kp exactly, scale rows whole.
     tk = cfg.block_k

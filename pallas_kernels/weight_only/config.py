@@ -109,7 +109,8 @@ class TileConfig:
     fast_decode: bool = True
     pre_scale: bool = False  # scale the tile before the dot even inside one block (prefill)
     x_mode: int = 1  # 4-bit, Triton: 0 split a loaded x tile, 1 load even/odd k, 2 interleave w
-    kernel: str = "dot"  # Triton: "dot" (x @ W tiles), "fma" (GEMV, M <= 8), "swapab" (W^T x^T)
+    kernel: str = "dot"  # Triton: "dot" (x @ W tiles), "gemv" (one x row per program),
+    #                      "fma" (GEMV over <= 8 rows), "swapab" (W^T x^T on tensor cores)
 
     def __post_init__(self):
         for name in ("block_m", "block_n", "block_k", "split_k", "num_warps", "num_stages"):
@@ -119,8 +120,10 @@ class TileConfig:
         for name in ("block_m", "block_n"):
             if not _pow2(getattr(self, name)):
                 raise ValueError(f"{name}={getattr(self, name)} must be a power of 2")
-        if self.kernel not in ("dot", "fma", "swapab"):
-            raise ValueError(f"kernel={self.kernel!r} must be 'dot', 'fma' or 'swapab'")
+        if self.kernel not in ("dot", "gemv", "fma", "swapab"):
+            raise ValueError(f"kernel={self.kernel!r} must be 'dot', 'gemv', 'fma' or 'swapab'")
+        if self.kernel == "gemv" and self.block_m != 1:
+            raise ValueError(f"kernel='gemv' handles one row of x per program: block_m={self.block_m} must be 1")
         if self.kernel == "fma" and self.block_m > 8:
             raise ValueError(f"kernel='fma' unrolls over rows: block_m={self.block_m} must be <= 8")
         if self.kernel == "swapab" and self.block_m < 16:
@@ -168,8 +171,9 @@ def spec_key(spec: WeightSpec) -> str:
 
 
 def m_bucket(m: int) -> str | None:
-    """Decode M buckets of the tuned table (tuned at M=1 and M=16)."""
-    return "m1" if m <= 4 else ("m16" if m <= 64 else None)
+    """Decode M buckets of the tuned table (tuned at M=1 and M=16; a one-row GEMV re-reads
+    the weight per row, so the M=1 entry serves M <= 2 only)."""
+    return "m1" if m <= 2 else ("m16" if m <= 64 else None)
 
 
 def device_slug(device_kind: str) -> str:
@@ -191,7 +195,9 @@ def tuned_config(m: int, spec: WeightSpec, device_kind: str) -> TileConfig | Non
     if not fields:
         return None
     fields = dict(fields)
-    if fields["kernel"] == "fma":
+    if fields["kernel"] == "gemv":
+        fields["block_m"] = 1
+    elif fields["kernel"] == "fma":
         if m > 8:
             return None
         fields["block_m"] = 1 << max(0, (m - 1).bit_length())

@@ -1,10 +1,14 @@
-"""Decode-regime (small M) weight-only kernels in Triton: an FMA GEMV and a swap-AB dot.
+"""Decode-regime (small M) weight-only kernels in Triton: FMA GEMVs and a swap-AB dot.
 
 Same arguments, storage contract and scale modes as `triton_kernel._weight_only_kernel`
 (they share its launcher, `_decode_tile` upcasts and `_decode_scale`); they differ in how a
 tile's product is formed, which is what decides whether a memory-bound decode streams the
 weight at HBM bandwidth:
 
+    gemv     no tensor cores, one row of x per program (M = 1, 2). The product x[k] * w[k, n]
+             is accumulated elementwise in a (K tile, BN) register array across the whole K
+             range, with the block scale (and zero point) folded into the decoded weight by
+             one FMA; the reduction over K happens once, after the loop.
     fma      no tensor cores. Each program owns BN output columns and a K range; per K tile
              the decoded weight (R x BN, f32) is multiplied by each of the BM <= 8 rows of x
              and reduced over K in registers. Nothing is padded to 16 rows, and no operand
@@ -166,3 +170,75 @@ if triton is not None:
             acc = acc * tl.load(g_ptr)
         o_ptrs = o_ptr + pid_s * sos + offs_m[None, :] * som + offs_n[:, None] * son
         tl.store(o_ptrs, acc.to(o_ptr.dtype.element_ty), mask=m_ok[None, :] & (offs_n[:, None] < N))
+
+    @triton.jit
+    def _gemv_kernel(
+        x_ptr, w_ptr, s_ptr, z_ptr, g_ptr,
+        M, K, N, NP, KS,
+        sxm, sxk, swk, swn, ssk, ssn, sos, som, son,
+        o_ptr,
+        ELEM: tl.constexpr, SCALE: tl.constexpr, SBK: tl.constexpr, SBN: tl.constexpr,
+        HAS_Z: tl.constexpr, HAS_G: tl.constexpr, FAST: tl.constexpr,
+        OFFSET: tl.constexpr, FACTOR: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
+        MODE: tl.constexpr, XMODE: tl.constexpr,
+        SPLIT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    ):
+        FOUR: tl.constexpr = ELEM == 1 or ELEM == 2 or ELEM == 4
+        pid_n = tl.program_id(0)
+        row = tl.program_id(1)  # BM == 1: one row of x per program
+        pid_s = tl.program_id(2)
+        offs_n = pid_n * BN + tl.arange(0, BN)
+        n_ok = offs_n < NP
+        scol = offs_n // SBN
+        k_begin = pid_s * KS
+        if FOUR:
+            acc_a = tl.zeros((BK // 2, BN), dtype=tl.float32)
+            acc_b = tl.zeros((BK // 2, BN), dtype=tl.float32)
+            xv = tl.zeros((BK // 2,), dtype=tl.float32)
+        else:
+            acc_a = tl.zeros((BK, BN), dtype=tl.float32)
+            acc_b = tl.zeros((1, BN), dtype=tl.float32)
+            xv = tl.zeros((BK,), dtype=tl.float32)
+        for ki in range(0, KS, BK):
+            kk = k_begin + ki
+            if MODE == 1:
+                s, z = _load_scales(s_ptr, z_ptr, kk // SBK, scol, n_ok & (kk < K), ssk, ssn,
+                                    SCALE, HAS_Z, FACTOR, OFFSET)
+                c = -z * s
+            if FOUR:
+                rows = kk // 2 + tl.arange(0, BK // 2)
+                w = tl.load(w_ptr + rows[:, None] * swk + offs_n[None, :] * swn,
+                            mask=(rows[:, None] < (K + 1) // 2) & n_ok[None, :], other=0)
+                lo, hi = _decode_tile(w, ELEM, FAST, tl.float32)
+                lo = lo.to(tl.float32)
+                hi = hi.to(tl.float32)
+                ke = kk + 2 * tl.arange(0, BK // 2)
+                xe = tl.load(x_ptr + row * sxm + ke * sxk, mask=ke < K, other=0.0).to(tl.float32)
+                xo = tl.load(x_ptr + row * sxm + (ke + 1) * sxk, mask=ke + 1 < K, other=0.0).to(tl.float32)
+                if MODE == 1:
+                    lo = lo * s[None, :] + c[None, :]
+                    hi = hi * s[None, :] + c[None, :]
+                else:
+                    xv += xe + xo
+                acc_a += xe[:, None] * lo
+                acc_b += xo[:, None] * hi
+            else:
+                offs_k = kk + tl.arange(0, BK)
+                w = tl.load(w_ptr + offs_k[:, None] * swk + offs_n[None, :] * swn,
+                            mask=(offs_k[:, None] < K) & n_ok[None, :], other=0)
+                v, _ = _decode_tile(w, ELEM, False, tl.float32)
+                v = v.to(tl.float32)
+                xk = tl.load(x_ptr + row * sxm + offs_k * sxk, mask=offs_k < K, other=0.0).to(tl.float32)
+                if MODE == 1:
+                    v = v * s[None, :] + c[None, :]
+                else:
+                    xv += xk
+                acc_a += xk[:, None] * v
+        tot = tl.sum(acc_a, axis=0) + tl.sum(acc_b, axis=0)
+        if MODE == 0:
+            s, z = _load_scales(s_ptr, z_ptr, 0, scol, n_ok, ssk, ssn, SCALE, HAS_Z, FACTOR, OFFSET)
+            tot = (tot - tl.sum(xv, axis=0) * z) * s
+        if HAS_G:
+            tot = tot * tl.load(g_ptr)
+        tl.store(o_ptr + pid_s * sos + row * som + offs_n * son, tot.to(o_ptr.dtype.element_ty),
+                 mask=(offs_n < N) & (row < M))

@@ -364,7 +364,7 @@ def weight_only_matmul_triton(x, values, scales, zeros, global_scale, *, spec: W
         out_shape = jax.ShapeDtypeStruct((cfg.split_k, m, spec.n), jnp.float32)
     from pallas_kernels.weight_only import triton_decode
     kernel = {"dot": _weight_only_kernel, "fma": triton_decode._gemv_fma_kernel,
-              "swapab": triton_decode._swapab_kernel}[cfg.kernel]
+              "gemv": triton_decode._gemv_kernel, "swapab": triton_decode._swapab_kernel}[cfg.kernel]
     out = jt.triton_call(
         *arrays, *ints,
         kernel=kernel,
