@@ -178,6 +178,20 @@ class TestWeightOnlyGPU(TestWeightOnlyKernels):
         for m in (1, 16, 1024):
             _check(testing.CASES_BY_LABEL[label], m, kn[0], kn[1], "kn", "triton", interpret)
 
+    @pytest.mark.parametrize("label", ["int8", "int4-g128", "uint4-g128", "fp8", "mxfp4", "nvfp4"])
+    @pytest.mark.parametrize("kernel,m,bm", [("gemv", 1, 1), ("gemv", 2, 1), ("fma", 3, 4),
+                                             ("swapab", 13, 16), ("swapab", 40, 64)])
+    def test_decode_kernels(self, label, kernel, m, bm, interpret):
+        """The decode kernels of triton_decode with explicit tiles (the tuned table picks
+        them per device), odd M, split K, K not a multiple of the tile."""
+        case = testing.CASES_BY_LABEL[label]
+        group = case.block_k or 1 << 30
+        bk = min(64, group) if kernel != "swapab" else max(32, min(64, group))
+        if bk > group:
+            pytest.skip(f"{kernel} needs a K tile inside one {group}-block and >= 32 for its dot")
+        cfg = TileConfig(kernel=kernel, block_m=bm, block_n=128, block_k=bk, split_k=2)
+        _check(case, m, 1000, 384, "kn", "triton", interpret, config=cfg)
+
     def test_jit_and_vmap(self, interpret):
         case = testing.CASES_BY_LABEL["int4-g128"]
         w = testing.random_weight(jax.random.key(5), case, 1024, 512)

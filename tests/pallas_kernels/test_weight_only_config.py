@@ -1,0 +1,88 @@
+"""Tile configs: the tuned decode table (written by `scripts/bench_kernels.py --sweep
+--write-table`, read by `choose_config`) and the validation of decode-kernel tiles."""
+
+import json
+
+import jax.numpy as jnp
+import pytest
+
+from pallas_kernels.weight_only import config as wcfg
+
+
+def spec(element=jnp.int4, block_k=128, k=4096, n=14336, zeros=False):
+    kp = -(-k // block_k) * block_k if block_k else k
+    return wcfg.WeightSpec(element_dtype=jnp.dtype(element), scale_dtype=jnp.dtype(jnp.float32),
+                           block_k=block_k or kp, block_n=1, layout="kn", k=k, n=n, kp=kp, np_=n,
+                           has_zeros=zeros)
+
+
+@pytest.fixture
+def table(tmp_path, monkeypatch):
+    t = {
+        wcfg.table_key(jnp.int4, 128, 1, "kn"): {
+            "m1": dict(kernel="gemv", block_m=1, block_n=256, block_k=32, num_warps=4, num_stages=6),
+            "m16": dict(kernel="swapab", block_m=16, block_n=128, block_k=64, num_warps=4, num_stages=4),
+        },
+        wcfg.table_key(jnp.int8, None, 1, "kn"): {
+            "m1": dict(kernel="fma", block_m=1, block_n=128, block_k=128, num_warps=4, num_stages=4),
+        },
+        # A tile K of 128 cannot lie inside a 32-block: the entry must be ignored.
+        wcfg.table_key(jnp.float4_e2m1fn, 32, 1, "kn"): {
+            "m1": dict(kernel="gemv", block_m=1, block_n=256, block_k=128, num_warps=4, num_stages=6),
+        },
+    }
+    monkeypatch.setattr(wcfg, "TUNED_DIR", tmp_path)
+    (tmp_path / "fake-gpu-9000.json").write_text(json.dumps({"device_kind": "Fake GPU 9000", "table": t}))
+    wcfg.tuned_table.cache_clear()
+    yield "Fake GPU 9000"
+    wcfg.tuned_table.cache_clear()
+
+
+@pytest.mark.parametrize("m,kernel,block_m", [(1, "gemv", 1), (2, "gemv", 1), (3, "swapab", 16),
+                                              (16, "swapab", 16), (40, "swapab", 64)])
+def test_tuned_entries_adapt_to_m(table, m, kernel, block_m):
+    cfg = wcfg.choose_config(m, spec(), device_kind=table)
+    assert (cfg.kernel, cfg.block_m) == (kernel, block_m)
+    assert cfg.check(spec()) is None and cfg.split_k >= 1
+
+
+def test_prefill_and_unknown_devices_use_the_heuristic(table):
+    assert wcfg.choose_config(1024, spec(), device_kind=table).kernel == "dot"
+    assert wcfg.choose_config(1, spec(), device_kind="Other GPU").kernel == "dot"
+    assert wcfg.choose_config(1, spec(), device_kind=None).kernel == "dot"
+    assert wcfg.choose_config(1, spec(), backend="pallas", device_kind=table).kernel == "dot"
+
+
+def test_fma_rows_and_invalid_entries(table):
+    s8 = spec(jnp.int8, None)
+    assert wcfg.choose_config(5, s8, device_kind=table).kernel == "dot"  # no m16 entry for int8
+    assert wcfg.choose_config(1, s8, device_kind=table).kernel == "fma"
+    fp4 = spec(jnp.float4_e2m1fn, 32)
+    assert wcfg.choose_config(1, fp4, device_kind=table).kernel == "dot"
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(kernel="gemv", block_m=2), "block_m=2 must be 1"),
+    (dict(kernel="fma", block_m=16), "block_m=16 must be <= 8"),
+    (dict(kernel="swapab", block_m=8), "block_m=8 >= 16"),
+    (dict(kernel="wgmma", block_m=16), "kernel='wgmma'"),
+])
+def test_decode_tile_validation(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        wcfg.TileConfig(block_n=128, block_k=64, **kw)
+
+
+def test_decode_kernels_need_the_tile_inside_one_scale_block():
+    cfg = wcfg.TileConfig(kernel="gemv", block_m=1, block_n=128, block_k=256)
+    assert "inside one scale block" in cfg.check(spec())
+    assert cfg.check(spec(jnp.int8, None)) is None  # per channel: any tile
+
+
+def test_committed_tables_are_valid():
+    for path in sorted(wcfg.TUNED_DIR.glob("*.json")):
+        data = json.loads(path.read_text())
+        assert wcfg.device_slug(data["device_kind"]) == path.stem
+        for key, buckets in data["table"].items():
+            for bucket, fields in buckets.items():
+                assert bucket in ("m1", "m16") and set(fields) <= set(wcfg.TUNED_FIELDS), (key, bucket)
+                wcfg.TileConfig(**fields)
