@@ -19,6 +19,7 @@ impl
     "pallas"  the Pallas kernel; raises `KernelUnavailableError` with the reason when it
               cannot run (never a silent fallback).
     "triton"  the Triton kernel (through jax-triton), GPU only; raises likewise.
+    "mosaic"  the Mosaic GPU (wgmma) weight-only kernel (int8/int4/uint4); explicit only.
     "auto"    the fastest kernel that can run; otherwise "xla", logging the reason once.
 `interpret=True` runs Pallas kernels in interpret mode (CPU).
 """
@@ -31,7 +32,7 @@ import jax.numpy as jnp
 from lowbit_jax.formats import QuantFormat, check_pair, get_format
 from lowbit_jax.qtensor import QTensor
 
-IMPLS = ("auto", "pallas", "triton", "xla")
+IMPLS = ("auto", "pallas", "triton", "mosaic", "xla")
 
 
 class KernelUnavailableError(ValueError):
@@ -92,6 +93,8 @@ def _kernel_call(x2, w: QTensor, act, impl, out_dtype, interpret):
             x2, w.values, w.scales, w.zeros, w.global_scale, element_dtype=w.fmt.element_dtype,
             block_k=bk, block_n=bn, layout=w.layout, k=k, n=n, out_dtype=out_dtype, impl=impl,
             interpret=interpret)
+    if impl == "mosaic":
+        raise NotImplementedError("the Mosaic GPU kernel is weight-only (no activation format)")
     from pallas_kernels.scaled_gemm import api as sg
     xv, xs = sg.quantize_activations(
         x2, element_dtype=act.element_dtype, block_k=act.block[0], scale_dtype=act.scale_dtype,
@@ -107,7 +110,7 @@ def _dispatch(x2, w: QTensor, act, impl, out_dtype, interpret):
     try:
         return _kernel_call(x2, w, act, impl, out_dtype, interpret)
     except (ValueError, NotImplementedError, ImportError) as e:
-        if impl in ("pallas", "triton"):
+        if impl in ("pallas", "triton", "mosaic"):
             raise KernelUnavailableError(f"impl={impl!r} cannot run for {w.fmt.name}"
                                          f"{'' if act is None else ' x ' + act.name}: {e}") from e
         raise

@@ -265,7 +265,10 @@ def quantize_blocks(
             s = jax.lax.bitcast_convert_type(bits, jnp.float8_e8m0fnu).astype(sdt)
         else:  # nvfp4
             t = jnp.max(jnp.abs(wp), axis=(-2, -1))
-            gscale = jnp.where(t > 0, t / (emax * 448.0), 1.0).astype(jnp.float32)
+            g = t / (emax * 448.0)
+            # A tensor so small that g is not a normal f32 (it would flush to zero) gets g = 1:
+            # its blocks then store scale 0 and exact zeros instead of NaN.
+            gscale = jnp.where(g >= jnp.finfo(jnp.float32).tiny, g, 1.0).astype(jnp.float32)
             sb = amax / emax / gscale[..., None, None]
             s = jnp.clip(sb, 0, 448.0).astype(sdt)
         s32 = s.astype(jnp.float32)

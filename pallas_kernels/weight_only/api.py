@@ -5,7 +5,11 @@ block scales [+ zeros] [+ global scale]) and only x is a float array. Implementa
 
     "xla"     `reference.weight_only_matmul_reference`: dequantize, dot (XLA fuses what it can).
     "pallas"  `pallas_kernel.py`: BlockSpec Pallas kernel; `interpret=True` runs it anywhere.
-    "triton"  `triton_kernel.py`: raw Triton via jax-triton, NVIDIA GPUs only (the fast path).
+    "triton"  `triton_kernel.py` + `triton_decode.py`: raw Triton via jax-triton, NVIDIA GPUs
+              only (the fast path; tiles from the per-device tuned table or the heuristic).
+    "mosaic"  `mosaic_kernel.py`: Mosaic GPU (wgmma) prefill GEMM for int8/int4/uint4; runs in
+              GPU interpret mode on CPU; explicit only ("auto" never picks it: it has not yet
+              been compiled on a GPU).
     "auto"    on GPU: triton, else pallas, else xla; off GPU: xla. Each fallback logs its
               reason once (logging, module logger).
 
@@ -22,14 +26,14 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels import blocks
-from pallas_kernels.weight_only import triton_kernel
+from pallas_kernels.weight_only import mosaic_kernel, triton_kernel
 from pallas_kernels.weight_only.config import (
     ELEMENT_DTYPES, SCALE_DTYPES, TileConfig, WeightSpec, choose_config)
 from pallas_kernels.weight_only.pallas_kernel import weight_only_matmul_pallas
 from pallas_kernels.weight_only.reference import weight_only_matmul_reference
 
 logger = logging.getLogger(__name__)
-IMPLS = ("auto", "xla", "pallas", "triton")
+IMPLS = ("auto", "xla", "pallas", "triton", "mosaic")
 X_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
@@ -57,7 +61,8 @@ def _device_kind() -> str | None:
 def unsupported_reason(x_shape, x_dtype, *, element_dtype, scale_dtype, block_k: int,
                        block_n: int, layout: str, k: int, n: int, impl: str,
                        interpret: bool = False, kp: int | None = None,
-                       np_: int | None = None, config: TileConfig | None = None) -> str | None:
+                       np_: int | None = None, config: TileConfig | None = None,
+                       has_global_scale: bool = False) -> str | None:
     """Why `impl` cannot compute this product (None when it can). kp/np_ default to the
     smallest padding the contract allows."""
     if impl not in IMPLS:
@@ -81,6 +86,13 @@ def unsupported_reason(x_shape, x_dtype, *, element_dtype, scale_dtype, block_k:
                           block_k=block_k, block_n=block_n, layout=layout, k=k, n=n, kp=kp, np_=np_)
     except ValueError as e:
         return str(e)
+    if impl == "mosaic":
+        why = mosaic_kernel.unsupported_reason(
+            element_dtype=element_dtype, block_k=block_k, block_n=block_n, layout=layout, kp=kp,
+            np_=np_, has_global_scale=has_global_scale, config=_mosaic_config(config))
+        if why is None and not interpret and not _on_gpu():
+            why = "impl='mosaic' runs natively only on a Hopper GPU; pass interpret=True"
+        return why
     backend = "pallas" if impl == "pallas" else "triton"
     if impl == "auto":
         if not _on_gpu():
@@ -119,8 +131,23 @@ def unsupported_reason(x_shape, x_dtype, *, element_dtype, scale_dtype, block_k:
     return None
 
 
+def _mosaic_config(config) -> mosaic_kernel.MosaicConfig:
+    """`config` may be a MosaicConfig; a TileConfig's tile sizes carry over; None: defaults."""
+    if isinstance(config, mosaic_kernel.MosaicConfig):
+        return config
+    if config is None:
+        return mosaic_kernel.MosaicConfig()
+    return mosaic_kernel.MosaicConfig(tile_m=max(64, config.block_m), tile_n=config.block_n,
+                                      tile_k=config.block_k)
+
+
 def _kernel_call(x, values, scales, zeros, global_scale, *, chosen, spec, cfg, out_dtype,
                  interpret):
+    if chosen == "mosaic":
+        return mosaic_kernel.weight_only_matmul_mosaic(
+            x, values, scales, zeros, element_dtype=spec.element_dtype, block_k=spec.block_k,
+            k=spec.k, n=spec.n, out_dtype=out_dtype, config=_mosaic_config(cfg),
+            interpret=interpret)
     if chosen == "pallas":
         return weight_only_matmul_pallas(x, values, scales, zeros, global_scale, spec=spec,
                                          cfg=cfg, out_dtype=out_dtype, interpret=interpret)
@@ -162,8 +189,10 @@ def _batched_kernel_call(x, values, scales, zeros, global_scale, **static):
 def weight_only_matmul(x, values, scales, zeros=None, global_scale=None, *, element_dtype,
                        block_k: int, block_n: int, layout: str = "kn", k: int, n: int,
                        out_dtype=None, impl: str = "auto", interpret: bool = False,
-                       config: TileConfig | None = None) -> jax.Array:
+                       config=None) -> jax.Array:
     """x (M, k) bf16/f16 times the stored weight (k, n) -> (M, n) `out_dtype` (default x.dtype).
+
+    `config`: a TileConfig (Triton/Pallas) or a MosaicConfig (impl="mosaic"); None picks one.
 
     values/scales/zeros/global_scale follow `pallas_kernels.blocks` ("kn" or "nk" layout).
     Leading batch axes of x are flattened into M.
@@ -187,7 +216,8 @@ def weight_only_matmul(x, values, scales, zeros=None, global_scale=None, *, elem
     if zeros is not None and (zeros.shape != scales.shape or zeros.dtype != scales.dtype):
         raise ValueError(f"zeros {zeros.shape} {zeros.dtype} must match scales {scales.shape} {scales.dtype}")
     kw = dict(element_dtype=element_dtype, scale_dtype=scales.dtype, block_k=block_k,
-              block_n=block_n, layout=layout, k=k, n=n, kp=kp, np_=np_, config=config)
+              block_n=block_n, layout=layout, k=k, n=n, kp=kp, np_=np_, config=config,
+              has_global_scale=global_scale is not None)
     chosen = impl
     if impl == "auto":
         why = unsupported_reason(x.shape, x.dtype, impl="auto", interpret=interpret, **kw)
@@ -211,7 +241,10 @@ def weight_only_matmul(x, values, scales, zeros=None, global_scale=None, *, elem
     spec = WeightSpec(element_dtype=jnp.dtype(element_dtype), scale_dtype=jnp.dtype(scales.dtype),
                       block_k=block_k, block_n=block_n, layout=layout, k=k, n=n, kp=kp, np_=np_,
                       has_zeros=zeros is not None, has_global_scale=global_scale is not None)
-    cfg = config or choose_config(x.shape[0], spec, backend=chosen, device_kind=_device_kind())
+    if chosen == "mosaic":
+        cfg = _mosaic_config(config)
+    else:
+        cfg = config or choose_config(x.shape[0], spec, backend=chosen, device_kind=_device_kind())
     out = _batched_kernel_call(x, values, scales, zeros, global_scale, chosen=chosen, spec=spec,
                                cfg=cfg, out_dtype=out_dtype, interpret=interpret)
     return out.reshape(*lead, n)

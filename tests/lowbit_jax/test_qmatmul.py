@@ -89,3 +89,18 @@ def test_explicit_pallas_without_gpu_or_interpret_raises_with_reason():
     q = lj.quantize(rand(128, 32), "int4-g128")
     with pytest.raises(lj.KernelUnavailableError, match="int4-g128.*interpret"):
         lj.qmatmul(rand(2, 128, dtype=jnp.bfloat16), q, impl="pallas")
+
+
+@pytest.mark.parametrize("recipe", ["w8a16", "w4a16", "w4a16-uint4-g64"])
+def test_mosaic_weight_only_path(recipe, interpret):
+    """impl="mosaic" (Mosaic GPU wgmma kernel) through qmatmul, in GPU interpret mode on CPU."""
+    r = lj.get_recipe(recipe)
+    q = lj.quantize(rand(256, 128, seed=6), r.weight)
+    x = rand(70, 256, seed=7, dtype=jnp.bfloat16)
+    ref = lj.qmatmul(x, q, impl="xla", out_dtype=jnp.float32)
+    y = lj.qmatmul(x, q, impl="mosaic", interpret=interpret, out_dtype=jnp.float32)
+    rel = float(jnp.linalg.norm(y - ref) / jnp.linalg.norm(ref))
+    assert rel < 4e-3, rel  # group-scaled tiles are rounded to bf16 before the wgmma
+    with pytest.raises(lj.KernelUnavailableError, match="weight-only"):
+        lj.qmatmul(x, lj.quantize(rand(256, 128), "fp8-block128", layout="nk", act="act-fp8-1x128"),
+                   impl="mosaic", interpret=interpret)

@@ -268,3 +268,13 @@ def test_validate_catches_inconsistent_tensors():
         dataclasses.replace(q, scales=q.scales[:1]).validate()
     with pytest.raises(ValueError, match="values.dtype"):
         dataclasses.replace(q, values=q.values.astype(jnp.int8)).validate()
+
+
+@pytest.mark.parametrize("fmt", WEIGHT_FORMATS)
+def test_tiny_tensors_stay_finite(fmt):
+    """Found by hypothesis: an NVFP4 tensor scale below the smallest normal f32 gave NaN."""
+    w = np.zeros((64, 8), np.float32)
+    w[0, 0] = np.finfo(np.float32).tiny
+    w[5, 3] = -3 * np.finfo(np.float32).tiny
+    check_roundtrip(jnp.asarray(w), fmt)
+    assert np.all(np.isfinite(np.asarray(lj.dequantize(lj.quantize(jnp.asarray(w), fmt)))))

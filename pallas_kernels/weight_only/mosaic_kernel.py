@@ -1,0 +1,253 @@
+"""Weight-only prefill GEMM for Hopper on the Mosaic GPU Pallas backend (`plgpu`).
+
+`y = x @ dequantize(W)` for x (M, K) bf16/f16 and W stored by `pallas_kernels.blocks`
+("kn" layout) with int8 per-channel or int4/uint4 group-scaled elements. Prefill
+(M >= 256) is tensor-core bound, so the kernel feeds `wgmma` rather than a CUDA-core dot.
+
+How one CTA (one warpgroup) computes a (tile_m, tile_n) output tile
+    `plgpu.emit_pipeline` streams, per K step of `tile_k` elements, the x tile (TMA into
+    swizzled SMEM, the wgmma LHS), the stored code tile (int8, or uint8 with two 4-bit
+    codes per byte) and, for grouped scales, the scale/zero rows of that step. The body
+    loads the codes into registers, upcasts them to x.dtype (4-bit: unpacks both nibbles
+    with integer ops), applies scales/zeros where needed, stores the bf16 tile into a
+    swizzled SMEM buffer and issues `wgmma(acc, x_smem, w_smem)` into an f32 accumulator.
+
+Why the upcast tile goes through SMEM (not registers)
+    Hopper's wgmma takes only its *LHS* from registers; W is our RHS. JAX's
+    `hopper_mixed_type_matmul_mgpu` keeps the int8 operand as a register LHS, which for us
+    would mean computing y^T = W^T x^T. That form cannot run in GPU interpret mode in
+    jax 0.11.2 (its wgmma callback expects SMEM refs for both operands), so this first
+    version keeps both operands in SMEM and stays testable on CPU. The register-LHS variant
+    is the obvious next step on a GPU (see the module's limits).
+
+4-bit packing without an interleave
+    Byte j of a packed column holds k = 2j (low nibble) and k = 2j + 1 (high nibble).
+    Interleaving rows in registers is costly, so the decoded tile is stored as
+    [all low nibbles; all high nibbles] and the *activation* columns of each K step are
+    permuted to match ([even k; odd k]) once, by XLA, before the kernel (`_permute_x`).
+
+Scales (glossary: group = `block_k` elements of K sharing one scale; step = `tile_k`)
+    "accumulator" mode, when one group spans all of K (per channel): the tile holds the
+    integer codes exactly in bf16 (|code| <= 128), and the epilogue computes
+    y = s * (acc - z * sum_k x), one multiply per output instead of per weight.
+    "tile" mode otherwise (g32/g64/g128): each group's rows of the tile are
+    (code - z) * s, rounded to x.dtype before the wgmma; a step either covers whole
+    groups (tile_k % block_k == 0) or lies inside one (block_k % tile_k == 0).
+
+Limits: element dtypes int8/int4/uint4, block_n == 1, no global scale, "kn" layout;
+padded K and N must be multiples of tile_k and tile_n (M is padded here). Written and
+tested only in GPU interpret mode on CPU; never compiled or timed on a GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from pallas_kernels import blocks
+
+ELEMENT_DTYPES = (jnp.dtype(jnp.int8), jnp.dtype(jnp.int4), jnp.dtype(jnp.uint4))
+_F32 = jnp.float32
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class MosaicConfig:
+    """Tiles of the Mosaic GPU kernel. tile_m: rows of x per CTA (wgmma M is 64 per
+    instruction); tile_n: output columns (wgmma N <= 256); tile_k: K elements per
+    pipeline step; max_concurrent_steps: TMA pipeline depth."""
+    tile_m: int = 128
+    tile_n: int = 128
+    tile_k: int = 64
+    max_concurrent_steps: int = 2
+
+    def __post_init__(self):
+        if self.tile_m % 64 or not 64 <= self.tile_m <= 256:
+            raise ValueError(f"tile_m={self.tile_m} must be 64, 128, 192 or 256")
+        if self.tile_n % 64 or not 64 <= self.tile_n <= 256:
+            raise ValueError(f"tile_n={self.tile_n} must be a multiple of 64 in [64, 256]")
+        if self.tile_k not in (32, 64, 128):
+            raise ValueError(f"tile_k={self.tile_k} must be 32, 64 or 128")
+        if self.max_concurrent_steps < 1:
+            raise ValueError(f"max_concurrent_steps={self.max_concurrent_steps} must be >= 1")
+
+
+def unsupported_reason(*, element_dtype, block_k: int, block_n: int = 1, layout: str = "kn",
+                       kp: int, np_: int, has_global_scale: bool = False,
+                       config: MosaicConfig) -> str | None:
+    """Why the Mosaic kernel cannot take this weight (None when it can)."""
+    edt = jnp.dtype(element_dtype)
+    if edt not in ELEMENT_DTYPES:
+        return f"element_dtype={edt} not in {ELEMENT_DTYPES} for the Mosaic GPU kernel"
+    if block_n != 1 or layout != "kn" or has_global_scale:
+        return f"the Mosaic GPU kernel needs block_n == 1, layout 'kn', no global scale: {block_n=}, {layout=}"
+    tk, tn = config.tile_k, config.tile_n
+    if kp % tk:
+        return f"padded {kp=} must be a multiple of tile_k={tk}"
+    if np_ % tn:
+        return f"padded {np_=} must be a multiple of tile_n={tn}"
+    if block_k < kp and tk % block_k and block_k % tk:
+        return f"{block_k=} and tile_k={tk} must divide one another"
+    if block_k < kp and min(block_k, tk) // (2 if blocks.is_four_bit(edt) else 1) % 8:
+        return f"{block_k=}: a group must cover whole 8-row SMEM tiles of the decoded weight"
+    return None
+
+
+def _decode(codes: jax.Array, element_dtype) -> jax.Array:
+    """Stored codes -> (lo, hi) f32 halves for 4-bit (lo: even k, hi: odd k); (codes,) else."""
+    dt = jnp.dtype(element_dtype)
+    if dt == jnp.int8:
+        return (codes.astype(_F32),)
+    c = codes.astype(jnp.int32)
+    lo, hi = c & 0xF, c >> 4
+    if dt == jnp.int4:  # two's complement nibble -> -8..7
+        lo, hi = (lo ^ 8) - 8, (hi ^ 8) - 8
+    return lo.astype(_F32), hi.astype(_F32)
+
+
+def _permute_x(x: jax.Array, tile_k: int) -> jax.Array:
+    """Reorders each K step of x to [even k; odd k], matching the decoded 4-bit tile."""
+    m, kp = x.shape
+    x = x.reshape(m, kp // tile_k, tile_k // 2, 2)
+    return x.swapaxes(-1, -2).reshape(m, kp)
+
+
+def _smem_transforms(minor_elems: int, dtype, what: str):
+    bits = jnp.dtype(dtype).itemsize * 8
+    swizzle = plgpu.find_swizzle(minor_elems * bits, what)
+    return (plgpu.TilingTransform((8, swizzle * 8 // bits)), plgpu.SwizzleTransform(swizzle))
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "element_dtype", "block_k", "k", "n", "out_dtype", "config", "interpret"))
+def weight_only_matmul_mosaic(x, values, scales, zeros=None, *, element_dtype, block_k: int,
+                              k: int, n: int, out_dtype=None,
+                              config: MosaicConfig = MosaicConfig(),
+                              interpret: bool = False) -> jax.Array:
+    """x (M, k) bf16/f16 @ stored W (k, n) -> (M, n) `out_dtype` (default x.dtype).
+
+    values: int8 (Kp, Np) or uint8 (Kp/2, Np) packed 4-bit; scales (Kp/block_k, Np) f32 or
+    bf16; zeros: None or like scales. `interpret=True` runs GPU interpret mode (any host).
+    """
+    edt = jnp.dtype(element_dtype)
+    four = blocks.is_four_bit(edt)
+    out_dtype = jnp.dtype(out_dtype or x.dtype)
+    m = x.shape[0]
+    kp = values.shape[0] * (2 if four else 1)
+    np_ = values.shape[1]
+    if x.dtype not in (jnp.bfloat16, jnp.float16) or x.shape != (m, k):
+        raise ValueError(f"x {x.shape} {x.dtype} must be (M, {k=}) bfloat16 or float16")
+    if (why := unsupported_reason(element_dtype=edt, block_k=block_k, kp=kp, np_=np_,
+                                  config=config)) is not None:
+        raise NotImplementedError(why)
+    tm, tn, tk = config.tile_m, config.tile_n, config.tile_k
+    wdt = x.dtype
+    per_channel = block_k >= kp  # one group spans K: scales go on the accumulator
+    has_zeros = zeros is not None
+    mp = -(-m // tm) * tm
+    xp = jnp.pad(x, ((0, mp - m), (0, kp - k)))
+    if four:
+        xp = _permute_x(xp, tk)
+    rows = tk // 2 if four else tk  # stored rows of values per K step
+    halves = 2 if four else 1
+    # Scale rows per step (grouped), and decoded rows per group within one half.
+    g_step = max(1, tk // block_k)
+    g_rows = min(block_k, tk) // halves
+    k_iters = kp // tk
+
+    x_tr = _smem_transforms(tk, wdt, "lhs")
+    w_tr = _smem_transforms(tn, wdt, "rhs")
+    o_tr = _smem_transforms(tn, out_dtype, "out")
+
+    def kernel(*refs):
+        x_gmem, v_gmem, s_gmem, *rest = refs
+        z_gmem = rest.pop(0) if has_zeros else None
+        xs_gmem = rest.pop(0) if has_zeros and per_channel else None
+        o_gmem, w_smem, o_smem, s_sm, z_sm, xs_sm, ep_bar = rest
+        mi, ni = lax.axis_index("m"), lax.axis_index("n")
+        m_sl, n_sl = pl.ds(mi * tm, tm), pl.ds(ni * tn, tn)
+
+        def step(acc_ref, _, x_smem, v_smem, *sz_smem):
+            # Static loops: the halves of a 4-bit tile (lo = even k, hi = odd k), then the
+            # groups of rows sharing one scale row (one group per channel, or per step).
+            for h, part in enumerate(_decode(v_smem[...], edt)):
+                for g in range(rows // g_rows):
+                    w = part[g * g_rows:(g + 1) * g_rows]
+                    if not per_channel:
+                        row = g if tk >= block_k else 0
+                        if has_zeros:
+                            w = w - sz_smem[1][row].astype(_F32)[None, :]
+                        w = w * sz_smem[0][row].astype(_F32)[None, :]
+                    start = h * rows + g * g_rows
+                    w_smem[start:start + g_rows] = w.astype(wdt)
+            plgpu.commit_smem()  # make the generic-proxy stores visible to wgmma
+            plgpu.wgmma(acc_ref, x_smem, w_smem)
+            plgpu.wgmma_wait(0)  # w_smem is single-buffered: finish before the next store
+
+        in_specs = [
+            plgpu.BlockSpec((tm, tk), lambda kk: (0, kk), transforms=x_tr),
+            plgpu.BlockSpec((rows, tn), lambda kk: (kk, 0)),
+        ]
+        operands = [x_gmem.at[m_sl], v_gmem.at[:, n_sl]]
+        if not per_channel:
+            if tk >= block_k:
+                sz_spec = plgpu.BlockSpec((g_step, tn), lambda kk: (kk, 0))
+            else:
+                sz_spec = plgpu.BlockSpec((1, tn), lambda kk: (kk * tk // block_k, 0))
+            in_specs.append(sz_spec)
+            operands.append(s_gmem.at[:, n_sl])
+            if has_zeros:
+                in_specs.append(sz_spec)
+                operands.append(z_gmem.at[:, n_sl])
+
+        def acc_scope(acc_ref):
+            plgpu.emit_pipeline(functools.partial(step, acc_ref), grid=(k_iters,), in_specs=in_specs,
+                                max_concurrent_steps=config.max_concurrent_steps)(*operands)
+            return acc_ref[...]
+
+        acc = pl.run_scoped(acc_scope, plgpu.ACC((tm, tn), _F32))
+        if per_channel:
+            plgpu.copy_gmem_to_smem(s_gmem.at[0, n_sl], s_sm, ep_bar)
+            if has_zeros:
+                plgpu.copy_gmem_to_smem(z_gmem.at[0, n_sl], z_sm, ep_bar)
+                plgpu.copy_gmem_to_smem(xs_gmem.at[m_sl], xs_sm, ep_bar)
+            plgpu.barrier_wait(ep_bar)
+            s = plgpu.load(s_sm, layout=plgpu.Layout.WGMMA.reduce(0)).astype(_F32)
+            if has_zeros:
+                z = plgpu.load(z_sm, layout=plgpu.Layout.WGMMA.reduce(0)).astype(_F32)
+                xs = plgpu.load(xs_sm, layout=plgpu.Layout.WGMMA.reduce(1))
+                acc = acc - xs[:, None] * z[None, :]
+            acc = acc * s[None, :]
+        o_smem[...] = acc.astype(out_dtype)
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(o_smem, o_gmem.at[m_sl, n_sl])
+        plgpu.wait_smem_to_gmem(0)
+
+    args = [xp, values, scales]
+    if has_zeros:
+        args.append(zeros)
+        if per_channel:
+            args.append(jnp.sum(xp.astype(_F32), axis=1))  # the z * sum_k x correction
+    sdt = scales.dtype
+    ep_smem = (plgpu.SMEM((tn,), sdt), plgpu.SMEM((tn,), sdt), plgpu.SMEM((tm,), _F32))
+    n_copies = (3 if has_zeros else 1) if per_channel else 1
+    call = plgpu.kernel(
+        kernel,
+        out_type=jax.ShapeDtypeStruct((mp, np_), out_dtype),
+        grid=(mp // tm, np_ // tn),
+        grid_names=("m", "n"),
+        scratch_types=[
+            plgpu.SMEM((tk, tn), wdt, transforms=w_tr),
+            plgpu.SMEM((tm, tn), out_dtype, transforms=o_tr),
+            *ep_smem,
+            plgpu.Barrier(num_arrivals=n_copies),
+        ],
+        interpret=plgpu.InterpretGPUParams() if interpret else None,
+        kernel_name="weight_only_matmul_mosaic",
+    )
+    return call(*args)[:m, :n]

@@ -1,0 +1,97 @@
+"""The Mosaic GPU weight-only kernel vs the reference, on the same stored arrays.
+
+On CPU the kernel runs in Mosaic GPU interpret mode (`interpret` fixture); the same tests
+run natively on a Hopper GPU. Shapes are small but cover: M not a multiple of tile_m
+(padding), several CTAs along M and N, per-channel scales (accumulator mode, with and
+without zeros), groups smaller than, equal to and larger than the K step (tile mode), and
+bf16 / f32 outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pallas_kernels import blocks
+from pallas_kernels.weight_only import testing
+from pallas_kernels.weight_only.mosaic_kernel import (
+    MosaicConfig, unsupported_reason, weight_only_matmul_mosaic)
+from pallas_kernels.weight_only.reference import weight_only_matmul_reference
+
+INT8_ZEROS = dataclasses.replace(testing.CASES_BY_LABEL["int8"], label="int8-zeros", zeros=True)
+CASES = [testing.CASES_BY_LABEL[c] for c in ("int8", "int4-g32", "int4-g64", "int4-g128",
+                                              "uint4-g128", "uint4-g32")] + [INT8_ZEROS]
+SMALL = MosaicConfig(tile_m=64, tile_n=64, tile_k=64)
+
+
+def _tolerance(x, w_f32, out_dtype, k, case):
+    """(rel, abs) bound on |kernel - reference| elementwise.
+
+    rel: output rounding, half an ulp of out_dtype (doubled for margin).
+    abs: in tile mode each dequantized weight is rounded to bf16 before the wgmma (relative
+    error <= 2**-9 per term); per-term errors have random signs, so their sum has a standard
+    deviation <= 2**-9 * sqrt(K) * rms(x) * rms(w). We allow 6 of those (the max over a few
+    thousand outputs is ~4 sigma). Per channel the codes are exact in bf16 and the scale is
+    applied in f32, so only f32 summation order remains (2**-20 relative per term).
+    """
+    eps_out = {jnp.dtype(jnp.bfloat16): 2.0**-8, jnp.dtype(jnp.float32): 2.0**-20}[jnp.dtype(out_dtype)]
+    xr = float(jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32)))))
+    wr = float(jnp.sqrt(jnp.mean(jnp.square(w_f32))))
+    per_term = 2.0**-20 if case.block_k is None else 2.0**-9
+    return eps_out, 6 * per_term * math.sqrt(k) * xr * wr
+
+
+def _check(case, m, k, n, config, interpret, out_dtype=jnp.bfloat16, seed=0):
+    w = testing.random_weight(jax.random.key(seed), case, k, n)
+    x = jax.random.normal(jax.random.key(seed + 1), (m, k), jnp.float32).astype(jnp.bfloat16)
+    static = dict(element_dtype=w["element_dtype"], block_k=w["block_k"], k=k, n=n)
+    ref = weight_only_matmul_reference(x, w["values"], w["scales"], w["zeros"], block_n=1,
+                                       out_dtype=jnp.float32, **static)
+    out = weight_only_matmul_mosaic(x, w["values"], w["scales"], w["zeros"], out_dtype=out_dtype,
+                                    config=config, interpret=interpret, **static)
+    assert out.shape == (m, n) and out.dtype == jnp.dtype(out_dtype)
+    wf = blocks.dequantize_blocks(w["values"], w["scales"], w["zeros"], None, block_n=1,
+                                  layout="kn", **static)
+    rel, abs_ = _tolerance(x, wf, out_dtype, k, case)
+    err = np.abs(np.asarray(out, np.float32) - np.asarray(ref))
+    bound = rel * np.abs(np.asarray(ref)) + abs_
+    assert np.all(err <= bound), f"{case.label}: max excess {np.max(err - bound)} (abs tol {abs_})"
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.label)
+def test_matches_reference(case, interpret):
+    # M = 70: two M tiles, the second mostly padding; N = 128: two N tiles.
+    _check(case, 70, 256, 128, SMALL, interpret)
+
+
+@pytest.mark.parametrize("label,tile_k", [("int4-g32", 128), ("int4-g128", 32),
+                                          ("uint4-g128", 32), ("int8", 128)])
+def test_step_vs_group(label, tile_k, interpret):
+    """Steps covering several groups (tile_k > block_k) and lying inside one (tile_k < block_k)."""
+    cfg = MosaicConfig(tile_m=64, tile_n=64, tile_k=tile_k)
+    _check(testing.CASES_BY_LABEL[label], 64, 256, 64, cfg, interpret, seed=3)
+
+
+@pytest.mark.parametrize("label", ["int8", "uint4-g32"])
+def test_f32_out_and_larger_tiles(label, interpret):
+    cfg = MosaicConfig(tile_m=128, tile_n=128, tile_k=64, max_concurrent_steps=3)
+    _check(testing.CASES_BY_LABEL[label], 130, 384, 128, cfg, interpret, out_dtype=jnp.float32,
+           seed=5)
+
+
+def test_unsupported_reasons():
+    kw = dict(block_k=128, kp=256, np_=128, config=SMALL)
+    assert unsupported_reason(element_dtype=jnp.int4, **kw) is None
+    assert "element_dtype" in unsupported_reason(element_dtype=jnp.float8_e4m3fn, **kw)
+    assert "tile_k" in unsupported_reason(element_dtype=jnp.int8, block_k=300, kp=300,
+                                          np_=128, config=SMALL)
+    assert "tile_n" in unsupported_reason(element_dtype=jnp.int8, block_k=256, kp=256,
+                                          np_=96, config=SMALL)
+    assert "block_n" in unsupported_reason(element_dtype=jnp.int8, block_n=128, **kw)
+    with pytest.raises(ValueError, match="tile_k"):
+        MosaicConfig(tile_k=48)
