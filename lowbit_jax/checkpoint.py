@@ -83,17 +83,16 @@ def _from_stored(a: np.ndarray, info: dict, where: str) -> np.ndarray:
 # ---- tree structure as JSON ---------------------------------------------------------------
 
 def _structure(tree, leaves_out: list) -> Any:
-    """JSON skeleton of nested dicts/lists/tuples; leaves become {"leaf": index}."""
-    if isinstance(tree, QTensor) or not isinstance(tree, (dict, list, tuple)) and tree is not None:
-        if hasattr(tree, "items") and not isinstance(tree, QTensor):  # Mapping-like (NNX State)
-            return _structure(dict(tree.items()), leaves_out)
-        leaves_out.append(tree)
-        return {"leaf": len(leaves_out) - 1}
+    """JSON skeleton of nested dicts/lists/tuples (after `_to_plain`); any other node is a
+    leaf, recorded as {"leaf": index} with the leaf appended to `leaves_out`."""
     if tree is None:
         return {"none": True}
     if isinstance(tree, dict):
         return {"dict": [[_key_json(k), _structure(v, leaves_out)] for k, v in tree.items()]}
-    return {"list" if isinstance(tree, list) else "tuple": [_structure(v, leaves_out) for v in tree]}
+    if isinstance(tree, (list, tuple)):
+        return {"list" if isinstance(tree, list) else "tuple": [_structure(v, leaves_out) for v in tree]}
+    leaves_out.append(tree)
+    return {"leaf": len(leaves_out) - 1}
 
 
 def _key_json(k):

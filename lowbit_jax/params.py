@@ -111,9 +111,10 @@ def quantize_params(
     it runs on concrete arrays; under `jit`/`eval_shape` only shapes are seen).
     Returns the tree with QTensor leaves (and the report if asked).
     """
-    if recipe == "float":
-        rep = QuantizeReport({}, tuple(path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)),
-                             tuple(), *(2 * [sum(_leaf_bytes(x) for x in jax.tree_util.tree_leaves(params))]))
+    if recipe == "float":  # the identity; the report lists every leaf as kept
+        size = sum(_leaf_bytes(x) for x in jax.tree_util.tree_leaves(params))
+        paths = tuple(path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params))
+        rep = QuantizeReport({}, paths, (), size, size)
         return (params, rep) if return_report else params
     recipe = get_recipe(recipe)
     compiled = _compile_rules(rules)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -216,14 +215,6 @@ def dequantize(q: QTensor, dtype=jnp.float32) -> jax.Array:
     if q.axis == -1:
         w = jnp.swapaxes(w, -1, -2)
     return w.reshape(q.shape).astype(dtype)
-
-
-def is_qtensor(x) -> bool:
-    return isinstance(x, QTensor)
-
-
-def bytes_per_element(q: QTensor) -> float:
-    return q.nbytes / math.prod(q.shape)
 
 
 def numpy_codes(q: QTensor) -> np.ndarray:
