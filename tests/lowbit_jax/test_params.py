@@ -96,4 +96,5 @@ def test_jit_and_nnx_state():
     model = nnx.Linear(64, 32, rngs=nnx.Rngs(0))
     state = nnx.state(model, nnx.Param)
     q = jax.jit(lambda s: lj.quantize_params(s, "mxfp4"))(state)
-    assert isinstance(q["kernel"].value if hasattr(q["kernel"], "value") else q["kernel"], lj.QTensor)
+    kernel = q["kernel"]
+    assert isinstance(kernel.get_value() if hasattr(kernel, "get_value") else kernel, lj.QTensor)
