@@ -108,7 +108,10 @@ def _generate_impl(graphdef, state, tokens, valid, max_new, temperature, top_k, 
     positions = jnp.maximum(jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1, 0)
     key_valid = jnp.zeros((b, cache_len), bool).at[:, :p].set(valid)
     mask = (slots[None, :] <= jnp.arange(p)[:, None])[None] & key_valid[:, None, :]
-    logits, cache = model(tokens, positions, mask, KVCache.zeros(cfg, b, cache_len), 0)
+    # The cache holds keys/values in the activations' dtype (bf16 models: half the bytes
+    # that every decode step reads).
+    cache = KVCache.zeros(cfg, b, cache_len, model.embed.embedding[...].dtype)
+    logits, cache = model(tokens, positions, mask, cache, 0, last_only=True)
     rng, sub = jax.random.split(rng)
     init = DecodeState(
         step=jnp.zeros((), jnp.int32), tokens=jnp.full((b, n_new), cfg.pad_id, jnp.int32),

@@ -102,8 +102,11 @@ class Llama(nnx.Module):
 
     def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
                  mask: jax.Array | None = None, cache: KVCache | None = None,
-                 slot: jax.Array | int = 0):
+                 slot: jax.Array | int = 0, last_only: bool = False):
         """tokens (B, T) int32 -> (logits (B, T, vocab) f32, cache or None).
+
+        `last_only`: logits of the last position only, (B, 1, vocab): what a prefill needs
+        (the LM head over every prompt position is 2 * T * d_model * vocab wasted FLOPs).
 
         Without `positions`/`mask`: positions 0..T-1 and a causal mask (training, perplexity).
         With `cache`: this step's keys/values are written at slots [slot, slot + T) and
@@ -125,6 +128,8 @@ class Llama(nnx.Module):
             if kv is not None:
                 new_k.append(kv[0])
                 new_v.append(kv[1])
+        if last_only:
+            x = x[:, -1:]
         x = self.final_norm(x)
         logits = self.embed.attend(x) if self.lm_head is None else self.lm_head(x)
         new_cache = None if cache is None else KVCache(k=tuple(new_k), v=tuple(new_v))
