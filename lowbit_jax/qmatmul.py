@@ -59,7 +59,7 @@ def qmatmul(
 
     Args:
       act: activation format for x (default: the one recorded in `w.act`, if any).
-      impl: "auto" | "pallas" | "triton" | "xla" (see the module docstring).
+      impl: "auto" | "pallas" | "triton" | "mosaic" | "xla" (see the module docstring).
       out_dtype: result dtype (default x.dtype).
       interpret: run Pallas kernels in interpret mode (for CPU).
     """
