@@ -187,10 +187,11 @@ def _leaf_entry(i: int, leaf, arrays: dict) -> dict:
 
 def _swap_in(tmp: Path, path: Path) -> None:
     prev = path.with_name(path.name + ".previous")
-    if prev.exists():
-        shutil.rmtree(prev)
     if path.exists():
+        if prev.exists():
+            shutil.rmtree(prev)  # stale: `path` is the intact one
         os.replace(path, prev)
+    # Without `path`, a `.previous` left by an interrupted swap stays until the new one is in.
     os.replace(tmp, path)
     if prev.exists():
         shutil.rmtree(prev)
@@ -288,8 +289,10 @@ def check_matches(tree: Any, target: Any) -> None:
         if isinstance(w, QTensor) or isinstance(g, QTensor):
             if not (isinstance(w, QTensor) and isinstance(g, QTensor)):
                 raise CheckpointError(f"{p!r}: checkpoint has {type(g).__name__}, target has {type(w).__name__}")
-            if (g.fmt, g.shape, g.layout, g.axis) != (w.fmt, w.shape, w.layout, w.axis):
-                raise CheckpointError(f"{p!r}: checkpoint {g.fmt.name} {g.shape} {g.layout} != target {w.fmt.name} {w.shape} {w.layout}")
+            if (g.fmt, g.shape, g.layout, g.axis, g.act) != (w.fmt, w.shape, w.layout, w.axis, w.act):
+                describe = lambda q: (f"{q.fmt.name} {q.shape} {q.layout}"  # noqa: E731
+                                      f"{'' if q.act is None else ' x ' + q.act.name}")
+                raise CheckpointError(f"{p!r}: checkpoint {describe(g)} != target {describe(w)}")
             continue
         if isinstance(g, (bool, int, float, str)):
             if isinstance(w, (bool, int, float, str)) or tuple(getattr(w, "shape", (None,))) == ():

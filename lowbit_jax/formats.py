@@ -134,6 +134,10 @@ def check_pair(w: QuantFormat, act: QuantFormat) -> None:
     same number family (int with int, float with float) and the same K blocking."""
     if act.kind != "activation":
         raise ValueError(f"{act.name} is not an activation format (kind={act.kind!r})")
+    if w.scale_rule in ("nvfp4", "minmax"):
+        raise ValueError(
+            f"weight format {w.name} has {'a per-tensor scale' if w.scale_rule == 'nvfp4' else 'zero points'}; "
+            f"activation format {act.name} needs a single-level symmetric weight format")
     w_int = jnp.issubdtype(w.element_dtype, jnp.integer)
     a_int = jnp.issubdtype(act.element_dtype, jnp.integer)
     if w_int != a_int or w.block[0] != act.block[0]:

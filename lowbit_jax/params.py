@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from lowbit_jax.formats import QuantFormat, Recipe, get_format, get_recipe
+from lowbit_jax.formats import QuantFormat, Recipe, check_pair, get_format, get_recipe
 from lowbit_jax.qtensor import QTensor, dequantize, quantize
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,12 @@ def quantize_params(
         if not isinstance(x, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(x))):
             bad = int(np.size(x) - np.count_nonzero(np.isfinite(np.asarray(x, np.float32))))
             raise ValueError(f"parameter {p!r} holds {bad} NaN/Inf values; refusing to quantize it")
+        if recipe.act is not None and fmt is not recipe.weight:
+            try:
+                check_pair(fmt, recipe.act)
+            except ValueError as e:
+                raise ValueError(f"parameter {p!r}: a rule chose {fmt.name}, which recipe "
+                                 f"{recipe.name} cannot use with its activations: {e}") from None
         out.append(quantize(x, fmt, axis=-2, layout=recipe.layout, act=recipe.act))
         formats[p] = fmt.name
     unmatched = tuple(pat for (_, _, pat), u in zip(compiled, used) if not u)

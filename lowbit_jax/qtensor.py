@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lowbit_jax.formats import QuantFormat, get_format
+from lowbit_jax.formats import QuantFormat, check_pair, get_format
 from pallas_kernels import blocks
 
 
@@ -162,6 +162,8 @@ def quantize(
     """
     fmt = get_format(fmt)
     act = None if act is None else get_format(act)
+    if act is not None:
+        check_pair(fmt, act)
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"quantize needs a real floating-point array, got dtype={x.dtype}")

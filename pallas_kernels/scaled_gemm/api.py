@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 
 import jax
 import jax.numpy as jnp
@@ -186,12 +187,21 @@ def unsupported_reason(
         if not (_on_gpu() or interpret):
             return "no GPU and interpret=False"
         if not interpret:
+            if _pallas_block_k(f) < 16:
+                return (f"promotion group {f['g']} is not a multiple of 16, the smallest K step "
+                        f"of the native Pallas kernel")
             bm, bn = _pallas_tiles(f, n, interpret=False)
             return pallas_kernel.native_unsupported_reason(
                 f["m"], n, f["np_"], block_m=bm, block_n=bn, w_block_n=w_block_n,
                 four_bit=f["four"], e8m0=E8M0 in (jnp.dtype(xs.dtype), jnp.dtype(ws.dtype)))
         return None
     raise ValueError(f"{impl=} must be 'triton' or 'pallas'")
+
+
+def _pallas_block_k(f) -> int:
+    """K step of the Pallas kernel: the largest power of two <= 32 that divides the promotion
+    group, so no step straddles a scale group or the end of K."""
+    return math.gcd(32, f["g"])
 
 
 def _pallas_tiles(f, n, *, interpret):
@@ -256,7 +266,7 @@ def scaled_matmul(
             xv, xs, wv, ws, x_block_k=f["gx"], w_block_k=w_block_k, w_block_n=w_block_n,
             layout=layout, w_element_dtype=jnp.dtype(w_element_dtype), n=n,
             out_dtype=jnp.dtype(out_dtype), block_m=bm, block_n=bn,
-            block_k=min(32, f["g"]), interpret=interpret)
+            block_k=_pallas_block_k(f), interpret=interpret)
     from pallas_kernels.scaled_gemm import triton_call  # GPU only: imports triton
 
     cfg = config or choose_config(m=f["m"], n=n, kp=f["kp"], group_k=f["g"], mx=f["mx"],

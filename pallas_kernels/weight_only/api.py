@@ -77,6 +77,8 @@ def unsupported_reason(x_shape, x_dtype, *, element_dtype, scale_dtype, block_k:
         return f"x_shape={tuple(x_shape)} must be (M, {k=})"
     if impl == "xla":
         return None
+    if impl == "auto" and not _on_gpu():
+        return "no GPU: the kernels run natively on NVIDIA GPUs only (interpret=True runs impl='pallas' anywhere)"
     if jnp.dtype(x_dtype) not in X_DTYPES:
         return f"x_dtype={jnp.dtype(x_dtype)} must be bfloat16 or float16 for impl={impl!r}"
     if kp is None or np_ is None:

@@ -76,6 +76,8 @@ def test_restore_with_target_and_mismatch_names_the_path(tmp_path):
     lj.save(tmp_path / "c", q)
     abstract = jax.eval_shape(lambda: lj.quantize_params(tree(), "w8a16"))
     assert_bit_exact(lj.restore(tmp_path / "c", target=abstract), q)
+    with pytest.raises(lj.CheckpointError, match=r"layers/0/mlp/kernel.*int8.*act-int8-token"):
+        lj.restore(tmp_path / "c", target=lj.quantize_params(tree(), "w8a8-int8"))
     other = lj.quantize_params(tree(), "w4a16")
     with pytest.raises(lj.CheckpointError, match=r"layers/0/mlp/kernel.*int8.*int4-g128"):
         lj.restore(tmp_path / "c", target=other)

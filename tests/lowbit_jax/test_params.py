@@ -98,3 +98,8 @@ def test_jit_and_nnx_state():
     q = jax.jit(lambda s: lj.quantize_params(s, "mxfp4"))(state)
     kernel = q["kernel"]
     assert isinstance(kernel.get_value() if hasattr(kernel, "get_value") else kernel, lj.QTensor)
+
+
+def test_rule_format_that_cannot_meet_the_recipe_activations_names_the_path():
+    with pytest.raises(ValueError, match=r"'lm_head/kernel'.*int8.*w8a8-fp8"):
+        lj.quantize_params(params(), "w8a8-fp8", [("lm_head", "int8")])

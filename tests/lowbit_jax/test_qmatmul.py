@@ -69,12 +69,13 @@ def test_jit_and_vmap_over_x():
     np.testing.assert_allclose(np.asarray(yv), np.asarray(f(x, q)), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("k", [256, 200])  # 200: K not a multiple of any kernel K step
 @pytest.mark.parametrize("recipe", sorted(lj.RECIPES))
-def test_pallas_interpret_path_matches_xla_for_every_recipe(recipe, interpret):
+def test_pallas_interpret_path_matches_xla_for_every_recipe(recipe, k, interpret):
     """The QTensor -> kernel mapping (not the kernels themselves: tests/pallas_kernels)."""
     r = lj.get_recipe(recipe)
-    q = lj.quantize(rand(256, 96, seed=4), r.weight, layout=r.layout, act=r.act)
-    x = rand(3, 256, seed=5, dtype=jnp.bfloat16)
+    q = lj.quantize(rand(k, 96, seed=4), r.weight, layout=r.layout, act=r.act)
+    x = rand(3, k, seed=5, dtype=jnp.bfloat16)
     ref = lj.qmatmul(x, q, impl="xla", out_dtype=jnp.float32)
     y = lj.qmatmul(x, q, impl="pallas", interpret=interpret, out_dtype=jnp.float32)
     # bf16 x and f32 accumulation on both sides; kernels may round dequantized weights to
@@ -104,3 +105,11 @@ def test_mosaic_weight_only_path(recipe, interpret):
     with pytest.raises(lj.KernelUnavailableError, match="weight-only"):
         lj.qmatmul(x, lj.quantize(rand(256, 128), "fp8-block128", layout="nk", act="act-fp8-1x128"),
                    impl="mosaic", interpret=interpret)
+
+
+@pytest.mark.parametrize("w_fmt", ["nvfp4", "uint4-g32"])
+def test_two_level_and_asymmetric_weights_do_not_pair_with_activations(w_fmt):
+    with pytest.raises(ValueError, match=f"{w_fmt}.*single-level symmetric"):
+        lj.quantize(rand(64, 16), w_fmt, act="act-mxfp8")
+    with pytest.raises(ValueError, match="does not line up"):
+        lj.quantize(rand(64, 16), "int4-g32", act="act-fp8-token")
