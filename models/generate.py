@@ -47,12 +47,17 @@ class SamplingParams:
     seed: int = 0
 
     def __post_init__(self):
-        if not (isinstance(self.max_new_tokens, (int, np.integer)) and self.max_new_tokens >= 1):
+        def is_int(v):
+            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+        if not (is_int(self.max_new_tokens) and self.max_new_tokens >= 1):
             raise GenerateError(f"max_new_tokens={self.max_new_tokens!r} must be an int >= 1")
         if not (self.temperature >= 0) or not np.isfinite(self.temperature):
             raise GenerateError(f"temperature={self.temperature!r} must be finite and >= 0")
-        if not (isinstance(self.top_k, (int, np.integer)) and self.top_k >= 0):
+        if not (is_int(self.top_k) and self.top_k >= 0):
             raise GenerateError(f"top_k={self.top_k!r} must be an int >= 0 (0 disables it)")
+        if not is_int(self.seed):
+            raise GenerateError(f"seed={self.seed!r} must be an int")
         if not (0.0 < self.top_p <= 1.0):
             raise GenerateError(f"top_p={self.top_p!r} must be in (0, 1]")
 

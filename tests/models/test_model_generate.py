@@ -98,6 +98,8 @@ def test_top_p_and_top_k_keep_the_right_tokens():
     (dict(top_p=1.5), "top_p=1.5"),
     (dict(top_k=-1), "top_k=-1"),
     (dict(max_new_tokens=0), "max_new_tokens=0"),
+    (dict(max_new_tokens=True), "max_new_tokens=True"),
+    (dict(seed=1.5), "seed=1.5"),
 ])
 def test_sampling_params_validated(kw, match):
     with pytest.raises(G.GenerateError, match=match):
