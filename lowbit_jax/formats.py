@@ -115,12 +115,14 @@ class QuantFormat:
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Recipe:
     """A weight format, the activation format paired with it (None: bf16/f16 activations)
-    and the storage layout of weights ("kn", or "nk" = K-major for fp8/int8 tensor cores)."""
+    and the storage layout of weights: "nk" (K-major: each output channel's codes are
+    contiguous, so decode kernels load 16-byte runs along K and the scaled GEMMs feed the
+    tensor cores K-major; the measured best on H200, BENCHMARKS.md) or "kn"."""
 
     name: str
     weight: QuantFormat
     act: QuantFormat | None = None
-    layout: Literal["kn", "nk"] = "kn"
+    layout: Literal["kn", "nk"] = "nk"
 
     def __post_init__(self):
         if self.weight.kind != "weight":
@@ -193,13 +195,13 @@ def _recipes() -> dict[str, Recipe]:
         R(name="w4a16-uint4", weight=f["uint4-g128"]),
         R(name="w4a16-uint4-g32", weight=f["uint4-g32"]),
         R(name="w4a16-uint4-g64", weight=f["uint4-g64"]),
-        R(name="w8a8-int8", weight=f["int8"], act=f["act-int8-token"], layout="nk"),
-        R(name="w8a8-fp8", weight=f["fp8"], act=f["act-fp8-token"], layout="nk"),
-        R(name="fp8-block", weight=f["fp8-block128"], act=f["act-fp8-1x128"], layout="nk"),
-        R(name="int8-block", weight=f["int8-block32"], act=f["act-int8-1x32"], layout="nk"),
-        R(name="mxfp8", weight=f["mxfp8"], act=f["act-mxfp8"], layout="nk"),
+        R(name="w8a8-int8", weight=f["int8"], act=f["act-int8-token"]),
+        R(name="w8a8-fp8", weight=f["fp8"], act=f["act-fp8-token"]),
+        R(name="fp8-block", weight=f["fp8-block128"], act=f["act-fp8-1x128"]),
+        R(name="int8-block", weight=f["int8-block32"], act=f["act-int8-1x32"]),
+        R(name="mxfp8", weight=f["mxfp8"], act=f["act-mxfp8"]),
         R(name="mxfp4", weight=f["mxfp4"]),
-        R(name="mxfp4-a8", weight=f["mxfp4"], act=f["act-mxfp8"], layout="nk"),
+        R(name="mxfp4-a8", weight=f["mxfp4"], act=f["act-mxfp8"]),
         R(name="nvfp4", weight=f["nvfp4"]),
     ]
     return {r.name: r for r in rs}

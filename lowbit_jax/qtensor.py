@@ -154,7 +154,8 @@ def quantize(
       x: float array of rank >= 2 (leading axes are batch axes).
       fmt: a QuantFormat (or its registered name).
       axis: the contraction axis: -2 for a (..., K, N) weight, -1 for (..., M, K) inputs.
-      layout: storage order "kn" or "nk"; default K-first for axis=-2, K-last for axis=-1.
+      layout: storage order "kn" or "nk" (default): where K sits in storage. "nk" keeps each
+        output channel's codes contiguous along K, which the GPU kernels load fastest.
       act: activation format to pair with (recorded as static metadata for `qmatmul`).
 
     Pure and jit-able (no host sync). K and N that are not multiples of the block are
@@ -175,7 +176,7 @@ def quantize(
     ax = _normalize_axis(shape, axis)
     if 0 in shape:
         raise ValueError(f"cannot quantize an array with a zero-sized axis: shape={shape}")
-    layout = layout or ("kn" if ax == -2 else "nk")
+    layout = layout or "nk"
     if layout not in ("kn", "nk"):
         raise ValueError(f"{layout=} must be 'kn' or 'nk'")
     if fmt.kind == "activation" and ax == -1 and layout == "nk":

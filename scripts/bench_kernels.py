@@ -15,6 +15,7 @@ ratio to XLA bf16. Full rows go to OUT/bench_weight_only.json; a short table is 
 from __future__ import annotations
 
 import argparse
+import itertools
 import dataclasses
 import json
 import os
@@ -85,11 +86,11 @@ def bench_weight_only(args) -> tuple[list[Row], list[dict]]:
             if args.torch:
                 rows += _torch_rows(m, k, n)
         del wbfs, wbf
-        for label in args.formats:
+        for label, layout in itertools.product(args.formats, args.layouts):
             case = testing.CASES_BY_LABEL[label]
-            ws = [testing.random_weight(jax.random.key(100), case, k, n)]
+            ws = [testing.random_weight(jax.random.key(100), case, k, n, layout=layout)]
             nbytes = testing.stored_bytes(ws[0])
-            ws += [testing.random_weight(jax.random.key(100 + i), case, k, n)
+            ws += [testing.random_weight(jax.random.key(100 + i), case, k, n, layout=layout)
                    for i in range(1, bench_util.copies_needed(nbytes))]
             st = _static(ws[0])
             impls = ["triton"] + (["pallas"] if args.pallas else [])
@@ -100,7 +101,8 @@ def bench_weight_only(args) -> tuple[list[Row], list[dict]]:
                 x = jax.random.normal(jax.random.key(m), (m, k), jnp.bfloat16)
                 ref = None
                 for name, fn in fns.items():
-                    case_name = name if name == "xla-ref" else f"ours-{name}"
+                    case_name = (name if name == "xla-ref" else f"ours-{name}") + (
+                        "" if len(args.layouts) == 1 else f"/{layout}")
                     try:
                         if args.check:
                             if ref is None:
@@ -143,14 +145,20 @@ def _sweep_configs(m):
 
 
 def _decode_kernel_configs(m):
-    """The decode kernels of `triton_decode`: the one-row GEMV (M <= 2) and the FMA GEMV
-    (M <= 8) without tensor cores, and swap-AB (M >= 4) with them. Tile K 16..128, so some
-    tile lies inside every g16..g128 scale block (`TileConfig.check` drops the others)."""
+    """The decode kernels of `triton_decode`: the K-contiguous GEMV `kgemv` (M <= 8), the
+    one-row GEMV (M <= 2) and the FMA GEMV (M <= 8) without tensor cores, swap-AB (M >= 4)
+    and `dot` tiles (even/odd x dots or interleaved nibbles) with them. Tile K 16..128, so some tile lies inside every g16..g128 scale block
+    (`TileConfig.check` drops the others; for kgemv only the largest such tile is kept)."""
     from pallas_kernels.weight_only.config import TileConfig
     out = []
+    if m <= 8:  # kgemv: K tile 16..128 (the one inside the scale block survives), ~512 K per step
+        bm = 1 << max(0, (m - 1).bit_length())
+        for bn, u, w in [(128, 4, 4), (64, 4, 4), (256, 4, 8), (128, 2, 4), (128, 8, 4), (64, 8, 2)]:
+            for bk in (128, 32, 16):
+                out.append(TileConfig(block_m=bm, block_n=bn, block_k=bk, num_warps=w, num_stages=1,
+                                      kernel="kgemv", unroll=u * 128 // bk))
     if m <= 2:
-        for bn, bk, w, st in [(128, 64, 4, 4), (256, 64, 8, 4), (128, 32, 4, 8), (256, 32, 4, 6),
-                              (512, 32, 8, 4), (256, 16, 4, 8), (512, 16, 8, 6)]:
+        for bn, bk, w, st in [(256, 32, 4, 6), (256, 16, 4, 8), (512, 16, 8, 6)]:
             out.append(TileConfig(block_m=1, block_n=bn, block_k=bk, num_warps=w, num_stages=st, kernel="gemv"))
     if m <= 8:
         bm = 1 << max(0, (m - 1).bit_length())
@@ -159,6 +167,9 @@ def _decode_kernel_configs(m):
         bm = 16 if m <= 16 else (32 if m <= 32 else 64)
         for bn, bk, w, st in [(128, 128, 4, 4), (64, 128, 4, 4), (128, 64, 4, 4), (64, 64, 4, 4)]:
             out.append(TileConfig(block_m=bm, block_n=bn, block_k=bk, num_warps=w, num_stages=st, kernel="swapab"))
+    bm = 16 if m <= 16 else (32 if m <= 32 else 64)  # tensor-core tiles (x padded to 16 rows)
+    for bn, bk, xm in [(128, 256, 1), (64, 256, 1), (128, 128, 1), (64, 128, 2)]:
+        out.append(TileConfig(block_m=bm, block_n=bn, block_k=bk, num_warps=4, num_stages=4, x_mode=xm))
     return out
 
 
@@ -169,6 +180,7 @@ def bench_sweep(args) -> list[Row]:
     import dataclasses as dc
     from pallas_kernels.weight_only import config as wcfg
     rows = []
+    os.makedirs(args.out, exist_ok=True)
     for k, n in args.shapes:
         wbf = jax.random.normal(jax.random.key(0), (k, n), jnp.bfloat16)
         wbfs = [wbf] + [wbf + i for i in range(1, bench_util.copies_needed(k * n * 2))]
@@ -177,29 +189,35 @@ def bench_sweep(args) -> list[Row]:
             rows.append(Row("xla-bf16", "bf16", m, k, n,
                             bench_util.time_call(jax.jit(lambda x, w: x @ w), [(x, w) for w in wbfs]), k * n * 2))
         del wbfs, wbf
-        for label in args.formats:
+        for label, layout in itertools.product(args.formats, args.layouts):
             case = testing.CASES_BY_LABEL[label]
-            ws = [testing.random_weight(jax.random.key(100 + i), case, k, n) for i in range(
+            ws = [testing.random_weight(jax.random.key(100 + i), case, k, n, layout=layout) for i in range(
                 bench_util.copies_needed(k * n // 2))]
             nbytes = testing.stored_bytes(ws[0])
             st = _static(ws[0])
             for m in args.ms:
                 x = jax.random.normal(jax.random.key(m), (m, k), jnp.bfloat16)
                 ref = weight_only_matmul(x, *_arrays(ws[0]), **st, impl="xla", out_dtype=jnp.float32)
-                kp = ws[0]["values"].shape[0] * (2 if case.element_dtype in (jnp.int4, jnp.uint4, jnp.float4_e2m1fn) else 1)
+                kdim = 0 if layout == "kn" else 1
+                kp = ws[0]["values"].shape[kdim] * (2 if case.element_dtype in (jnp.int4, jnp.uint4, jnp.float4_e2m1fn) else 1)
                 spec = wcfg.WeightSpec(element_dtype=jnp.dtype(case.element_dtype), scale_dtype=jnp.dtype(case.scale_dtype),
-                                       block_k=st["block_k"], block_n=st["block_n"], layout="kn", k=k, n=n, kp=kp, np_=n,
+                                       block_k=st["block_k"], block_n=st["block_n"], layout=layout, k=k, n=n, kp=kp, np_=n,
                                        has_zeros=ws[0]["zeros"] is not None, has_global_scale=ws[0]["global_scale"] is not None)
                 cfgs = [None] + list(_sweep_configs(m) if args.sweep_all else _decode_kernel_configs(m))
+                kgemv_seen = set()
                 for cfg in cfgs:
                     if cfg is not None and m <= 64:
-                        split = wcfg._split_k(spec, cfg.block_k, -(-n // cfg.block_n), -(-m // cfg.block_m), 4 * wcfg.NUM_SMS)
-                        cfg = dc.replace(cfg, split_k=split)
+                        cfg = dc.replace(cfg, split_k=wcfg.split_for(spec, cfg, m))
                     if cfg is not None and cfg.check(spec):
                         continue
-                    name = "default" if cfg is None else (
+                    if cfg is not None and cfg.kernel == "kgemv":  # largest K tile only
+                        tag = (cfg.block_n, cfg.num_warps, cfg.block_k * cfg.unroll)
+                        if tag in kgemv_seen:
+                            continue
+                        kgemv_seen.add(tag)
+                    name = f"{layout}/" + ("default" if cfg is None else (
                         f"{cfg.kernel}-{cfg.block_m}x{cfg.block_n}x{cfg.block_k}s{cfg.split_k}w{cfg.num_warps}"
-                        f"st{cfg.num_stages}x{cfg.x_mode}{'p' if cfg.pre_scale else ''}")
+                        f"st{cfg.num_stages}x{cfg.x_mode}u{cfg.unroll}{'p' if cfg.pre_scale else ''}"))
                     try:
                         fn = jax.jit(lambda x, v, s, z, g, cfg=cfg: weight_only_matmul(
                             x, v, s, z, g, **st, impl="triton", config=cfg, out_dtype=jnp.float32))
@@ -213,10 +231,17 @@ def bench_sweep(args) -> list[Row]:
                         rows.append(Row(name, label, m, k, n, -1.0, nbytes, f"{type(ex).__name__}: {str(ex)[:200]}"))
                     print(rows[-1], flush=True)
             del ws
+            with open(os.path.join(args.out, "bench_sweep.partial.json"), "w") as f:
+                json.dump([dataclasses.asdict(r) for r in rows], f)  # survives a timeout
     return rows
 
 
 TABLE_MARGIN = 0.9  # a variant replaces the heuristic only when >= 10% faster (geo-mean)
+
+
+def _layout_case(case: str) -> tuple[str, str]:
+    """(layout, config name) of a sweep row ("nk/kgemv-..."; rows of older runs: "kn")."""
+    return tuple(case.split("/", 1)) if "/" in case else ("kn", case)
 
 
 def _variant(case: str) -> str:
@@ -232,17 +257,19 @@ def write_tuned_table(runs: list[list[Row]], device_kind: str, meta: dict) -> st
     from pallas_kernels.weight_only import config as wcfg
     ratios: dict = {}
     for rows in runs:
-        default = {(r.fmt, r.m, r.k, r.n): r.us for r in rows if r.case == "default" and r.us > 0}
+        default = {(r.fmt, _layout_case(r.case)[0], r.m, r.k, r.n): r.us for r in rows
+                   if _layout_case(r.case)[1] == "default" and r.us > 0}
         for r in rows:
-            if r.case in ("xla-bf16", "default") or wcfg.m_bucket(r.m) is None:
+            layout, name = _layout_case(r.case)
+            if r.case == "xla-bf16" or name == "default" or wcfg.m_bucket(r.m) is None:
                 continue
-            base = default.get((r.fmt, r.m, r.k, r.n))
+            base = default.get((r.fmt, layout, r.m, r.k, r.n))
             if base is None:
                 continue
             ratio = r.us / base if r.us > 0 else float("inf")
-            ratios.setdefault((r.fmt, wcfg.m_bucket(r.m)), {}).setdefault(_variant(r.case), []).append(ratio)
+            ratios.setdefault((r.fmt, layout, wcfg.m_bucket(r.m)), {}).setdefault(_variant(name), []).append(ratio)
     table = {}
-    for (fmt, bucket), by_case in ratios.items():
+    for (fmt, layout, bucket), by_case in ratios.items():
         scored = {c: math.exp(sum(map(math.log, v)) / len(v)) for c, v in by_case.items()
                   if all(x < float("inf") for x in v)}
         if not scored:
@@ -253,10 +280,13 @@ def write_tuned_table(runs: list[list[Row]], device_kind: str, meta: dict) -> st
         c = testing.CASES_BY_LABEL[fmt]
         kind, rest = case.split("-", 1)
         bm, bn, bk, w, st = (int(v) for v in re.match(r"(\d+)x(\d+)x(\d+)w(\d+)st(\d+)", rest).groups())
-        key = wcfg.table_key(c.element_dtype, c.block_k, c.block_n, "kn")
+        x_mode = re.search(r"st\d+x(\d+)", rest)
+        unroll = re.search(r"u(\d+)", rest)
+        key = wcfg.table_key(c.element_dtype, c.block_k, c.block_n, layout)
         table.setdefault(key, {})[bucket] = dict(
             kernel=kind, block_m=bm, block_n=bn, block_k=bk, num_warps=w, num_stages=st,
-            x_mode=1, pre_scale=False)
+            x_mode=int(x_mode.group(1)) if x_mode else 1, pre_scale=False,
+            unroll=int(unroll.group(1)) if unroll else 1)
     path = wcfg.TUNED_DIR / f"{wcfg.device_slug(device_kind)}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():  # merge: earlier sweeps of other formats stay
@@ -281,7 +311,7 @@ def summarize_sweep(rows: list[Row], copy_bps: float) -> str:
             groups.setdefault((r.k, r.n, r.fmt, r.m), []).append(r)
     for (k, n, fmt, m), rs in groups.items():
         ok = [r for r in rs if r.us > 0]
-        dflt = next((r.us for r in rs if r.case == "default" and r.us > 0), -1.0)
+        dflt = next((r.us for r in rs if _layout_case(r.case) == ("kn", "default") and r.us > 0), -1.0)
         best = min(ok, key=lambda r: r.us) if ok else None
         b = bf.get((m, k, n), 0)
         if best is None:
@@ -296,7 +326,8 @@ def _mixed_mgpu_row(m, k, n, w) -> Row:
     """JAX's Hopper mixed int8 x bf16 kernel on out^T = W^T x^T (no scales: a lower bound)."""
     try:
         from jax.experimental.pallas.ops.gpu import hopper_mixed_type_matmul_mgpu as mm
-        wt = jnp.asarray(w["values"]).T  # (n, k) int8: the kernel's "a" operand
+        wt = jnp.asarray(w["values"])  # (n, k) int8: the kernel's "a" operand
+        wt = wt if w["layout"] == "nk" else wt.T
         xt = jax.random.normal(jax.random.key(1), (k, m), jnp.bfloat16)
         cfg = mm.TuningConfig(tile_m=128, tile_n=128, tile_k=64, max_concurrent_steps=4)
         f = jax.jit(lambda a, b: mm.mixed_matmul_kernel(a, b, out_dtype=jnp.bfloat16, config=cfg))
@@ -375,6 +406,7 @@ def _parse(argv):
     p.add_argument("--no-torch", dest="torch", action="store_false")
     p.add_argument("--no-mgpu", dest="mgpu", action="store_false")
     p.add_argument("--sweep", action="store_true", help="time tile variants (triton) instead")
+    p.add_argument("--layouts", default="nk", help="stored layouts to time, e.g. kn,nk")
     p.add_argument("--sweep-all", action="store_true", help="with --sweep: all variants, not just the decode kernels")
     p.add_argument("--table-from", nargs="+", default=None, metavar="JSON",
                    help="rebuild the tuned table from saved --sweep JSON files (no GPU needed)")
@@ -391,6 +423,7 @@ def _parse(argv):
         a.shapes = [(8192, 28672), (14336, 4096)] if a.quick else list(SHAPES)
     a.ms = [int(v) for v in a.ms.split(",")] if a.ms else ([1, 16, 1024] if a.quick else list(MS))
     a.sections = a.sections.split(",")
+    a.layouts = a.layouts.split(",")
     return a
 
 
@@ -413,6 +446,7 @@ def main(argv=None):
     if args.sweep:
         rows = bench_sweep(args)
         result["sweep"] = [dict(dataclasses.asdict(r), tbps=r.tbps, tflops=r.tflops) for r in rows]
+        result["timing"] = bench_util.last_method()
         path = os.path.join(args.out, "bench_sweep.json")
         os.makedirs(args.out, exist_ok=True)
         with open(path, "w") as f:
@@ -434,6 +468,7 @@ def main(argv=None):
         if run_section is not None:
             result["activation"] = run_section(args)
     os.makedirs(args.out, exist_ok=True)
+    result["timing"] = bench_util.last_method()
     path = os.path.join(args.out, "bench_weight_only.json")
     with open(path, "w") as f:
         json.dump(result, f, indent=1)

@@ -40,6 +40,7 @@ SCALE_DTYPES = tuple(
     jnp.dtype(d)
     for d in (jnp.float32, jnp.bfloat16, jnp.float8_e8m0fnu, jnp.float8_e4m3fn)
 )
+KERNELS = ("dot", "gemv", "fma", "swapab", "kgemv")
 NUM_SMS = 132  # H100 SXM / H200; only used to size split-K, never for correctness.
 
 
@@ -110,22 +111,24 @@ class TileConfig:
     pre_scale: bool = False  # scale the tile before the dot even inside one block (prefill)
     x_mode: int = 1  # 4-bit, Triton: 0 split a loaded x tile, 1 load even/odd k, 2 interleave w
     kernel: str = "dot"  # Triton: "dot" (x @ W tiles), "gemv" (one x row per program),
-    #                      "fma" (GEMV over <= 8 rows), "swapab" (W^T x^T on tensor cores)
+    #                      "fma" (GEMV over <= 8 rows), "swapab" (W^T x^T on tensor cores),
+    #                      "kgemv" (K-contiguous FMA GEMV over <= 8 rows, f32 upcast)
+    unroll: int = 1  # kgemv: K tiles loaded per loop step (independent loads in flight)
 
     def __post_init__(self):
-        for name in ("block_m", "block_n", "block_k", "split_k", "num_warps", "num_stages"):
+        for name in ("block_m", "block_n", "block_k", "split_k", "num_warps", "num_stages", "unroll"):
             v = getattr(self, name)
             if not isinstance(v, int) or v <= 0:
                 raise ValueError(f"{name}={v!r} must be a positive int")
         for name in ("block_m", "block_n"):
             if not _pow2(getattr(self, name)):
                 raise ValueError(f"{name}={getattr(self, name)} must be a power of 2")
-        if self.kernel not in ("dot", "gemv", "fma", "swapab"):
-            raise ValueError(f"kernel={self.kernel!r} must be 'dot', 'gemv', 'fma' or 'swapab'")
+        if self.kernel not in KERNELS:
+            raise ValueError(f"kernel={self.kernel!r} must be one of {KERNELS}")
         if self.kernel == "gemv" and self.block_m != 1:
             raise ValueError(f"kernel='gemv' handles one row of x per program: block_m={self.block_m} must be 1")
-        if self.kernel == "fma" and self.block_m > 8:
-            raise ValueError(f"kernel='fma' unrolls over rows: block_m={self.block_m} must be <= 8")
+        if self.kernel in ("fma", "kgemv") and self.block_m > 8:
+            raise ValueError(f"kernel={self.kernel!r} unrolls over rows: block_m={self.block_m} must be <= 8")
         if self.kernel == "swapab" and self.block_m < 16:
             raise ValueError(f"kernel='swapab' needs block_m={self.block_m} >= 16 (tensor-core tile)")
 
@@ -136,12 +139,32 @@ class TileConfig:
             return f"tile block_k={tk} must be even for 4-bit elements"
         if bk < spec.kp and not (tk % bk == 0 or bk % tk == 0):
             return f"tile block_k={tk} and scale block_k={bk} must divide one another"
+        if (self.kernel == "swapab" and self.block_m > 16
+                and spec.element_dtype == jnp.dtype(jnp.float8_e4m3fn)):
+            # Seen on an H200 (triton 3.6.0, GPU test): wrong results for e4m3 codes as the
+            # register operand of a warpgroup dot with 64 rows of x; 16 rows are right.
+            return f"kernel='swapab' with e4m3 codes needs block_m <= 16 (got {self.block_m})"
         if self.kernel != "dot" and not (bk >= spec.kp or bk % tk == 0):
             return f"kernel={self.kernel!r} needs the tile K={tk} inside one scale block (block_k={bk})"
+        if self.kernel == "kgemv" and spec.kp % tk:
+            return f"kernel='kgemv' needs padded kp={spec.kp} to be a multiple of the tile K={tk}"
         bn, tn = spec.block_n, self.block_n
         if not (bn == 1 or bn % tn == 0):
             return f"scale block_n={bn} must be 1 or a multiple of tile block_n={tn}"
         return None
+
+
+def split_for(spec: WeightSpec, cfg: TileConfig, m: int, target: int = 4 * NUM_SMS) -> int:
+    """split_k for a decode tile: enough programs to fill the SMs. kgemv masks its K tiles,
+    so the split need not be a power of two: the smallest divisor of its loop steps
+    (`unroll` K tiles each) that gives `target` programs, so every program gets the same
+    whole number of steps; the other kernels use `_split_k`."""
+    n_tiles, m_tiles = -(-spec.np_ // cfg.block_n), -(-m // cfg.block_m)
+    if cfg.kernel != "kgemv":
+        return _split_k(spec, cfg.block_k, n_tiles, m_tiles, target)
+    steps = -(-(spec.kp // cfg.block_k) // cfg.unroll)
+    return next((s for s in range(1, steps + 1) if steps % s == 0 and n_tiles * m_tiles * s >= target),
+                steps)
 
 
 def _split_k(spec: WeightSpec, cfg_k: int, n_tiles: int, m_tiles: int, target: int) -> int:
@@ -155,7 +178,8 @@ def _split_k(spec: WeightSpec, cfg_k: int, n_tiles: int, m_tiles: int, target: i
 
 
 TUNED_DIR = Path(__file__).parent / "tuned"
-TUNED_FIELDS = ("kernel", "block_m", "block_n", "block_k", "num_warps", "num_stages", "x_mode", "pre_scale")
+TUNED_FIELDS = ("kernel", "block_m", "block_n", "block_k", "num_warps", "num_stages", "x_mode", "pre_scale",
+                "unroll")
 
 
 def table_key(element_dtype, block_k: int | None, block_n: int, layout: str) -> str:
@@ -197,15 +221,14 @@ def tuned_config(m: int, spec: WeightSpec, device_kind: str) -> TileConfig | Non
     fields = dict(fields)
     if fields["kernel"] == "gemv":
         fields["block_m"] = 1
-    elif fields["kernel"] == "fma":
+    elif fields["kernel"] in ("fma", "kgemv"):
         if m > 8:
             return None
         fields["block_m"] = 1 << max(0, (m - 1).bit_length())
     elif fields["kernel"] == "swapab":
         fields["block_m"] = 16 if m <= 16 else (32 if m <= 32 else 64)
     cfg = TileConfig(**fields)
-    split = _split_k(spec, cfg.block_k, -(-spec.np_ // cfg.block_n), -(-m // cfg.block_m), 4 * NUM_SMS)
-    cfg = dataclasses.replace(cfg, split_k=split)
+    cfg = dataclasses.replace(cfg, split_k=split_for(spec, cfg, m))
     return None if cfg.check(spec) else cfg
 
 

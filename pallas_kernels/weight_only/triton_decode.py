@@ -1,9 +1,17 @@
 """Decode-regime (small M) weight-only kernels in Triton: FMA GEMVs and a swap-AB dot.
 
-Same arguments, storage contract and scale modes as `triton_kernel._weight_only_kernel`
-(they share its launcher, `_decode_tile` upcasts and `_decode_scale`); they differ in how a
-tile's product is formed, which is what decides whether a memory-bound decode streams the
-weight at HBM bandwidth:
+Same storage contract and scale modes as `triton_kernel._weight_only_kernel` (they share its
+`_decode_tile` upcasts and `_decode_scale`; all but `kgemv` also its launcher); they differ in
+how a tile's product is formed, which is what decides whether a memory-bound decode streams
+the weight at HBM bandwidth:
+
+    kgemv    the measured best for M = 1 with 4-bit codes (BENCHMARKS.md). Weights stored
+             "nk" (K-major), so a thread's loads are 16-byte runs along K; no tensor cores
+             and no shared-memory operand. 4-bit codes become f32 with no conversion
+             instruction (`_upcast_nibbles`), x arrives as f32 reordered per K tile into
+             [even k; odd k] and pre-scaled by XLA (`kgemv_x`), each K tile is reduced by
+             FMA and scaled once per output, and U tiles are loaded per loop step. Its own
+             launcher (`kgemv_launch`): the x prologue changes its arguments.
 
     gemv     no tensor cores, one row of x per program (M = 1, 2). The product x[k] * w[k, n]
              is accumulated elementwise in a (K tile, BN) register array across the whole K
@@ -25,6 +33,9 @@ blocks (mode 2) is the `dot` kernel's job (`TileConfig.check` says so).
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
+
 try:
     import triton
     import triton.language as tl
@@ -32,7 +43,7 @@ except ImportError:  # CPU-only installs: the Triton path reports itself unavail
     triton = None
 
 if triton is not None:
-    from pallas_kernels.weight_only.triton_kernel import _decode_scale, _decode_tile
+    from pallas_kernels.weight_only.triton_kernel import _decode_scale, _decode_tile, _upcast_nibbles
 
     @triton.jit
     def _load_scales(s_ptr, z_ptr, srow, scol, ok, ssk, ssn, SCALE: tl.constexpr,
@@ -47,10 +58,13 @@ if triton is not None:
 
     @triton.jit
     def _gemv_fma_kernel(
-        x_ptr, w_ptr, s_ptr, z_ptr, g_ptr,
-        M, K, N, NP, KS,
-        sxm, sxk, swk, swn, ssk, ssn, sos, som, son,
-        o_ptr,
+        x_ptr, w_ptr, s_ptr, z_ptr, g_ptr, o_ptr,  # jax-triton: inputs, then outputs
+        # Sizes and strides are constexpr: jax-triton leaves integer arguments unspecialized,
+        # and a stride of unknown divisibility limits every load to one element.
+        M: tl.constexpr, K: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, KS: tl.constexpr,
+        sxm: tl.constexpr, sxk: tl.constexpr, swk: tl.constexpr, swn: tl.constexpr,
+        ssk: tl.constexpr, ssn: tl.constexpr, sos: tl.constexpr, som: tl.constexpr,
+        son: tl.constexpr,
         ELEM: tl.constexpr, SCALE: tl.constexpr, SBK: tl.constexpr, SBN: tl.constexpr,
         HAS_Z: tl.constexpr, HAS_G: tl.constexpr, FAST: tl.constexpr,
         OFFSET: tl.constexpr, FACTOR: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
@@ -116,10 +130,13 @@ if triton is not None:
 
     @triton.jit
     def _swapab_kernel(
-        x_ptr, w_ptr, s_ptr, z_ptr, g_ptr,
-        M, K, N, NP, KS,
-        sxm, sxk, swk, swn, ssk, ssn, sos, som, son,
-        o_ptr,
+        x_ptr, w_ptr, s_ptr, z_ptr, g_ptr, o_ptr,  # jax-triton: inputs, then outputs
+        # Sizes and strides are constexpr: jax-triton leaves integer arguments unspecialized,
+        # and a stride of unknown divisibility limits every load to one element.
+        M: tl.constexpr, K: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, KS: tl.constexpr,
+        sxm: tl.constexpr, sxk: tl.constexpr, swk: tl.constexpr, swn: tl.constexpr,
+        ssk: tl.constexpr, ssn: tl.constexpr, sos: tl.constexpr, som: tl.constexpr,
+        son: tl.constexpr,
         ELEM: tl.constexpr, SCALE: tl.constexpr, SBK: tl.constexpr, SBN: tl.constexpr,
         HAS_Z: tl.constexpr, HAS_G: tl.constexpr, FAST: tl.constexpr,
         OFFSET: tl.constexpr, FACTOR: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
@@ -173,10 +190,13 @@ if triton is not None:
 
     @triton.jit
     def _gemv_kernel(
-        x_ptr, w_ptr, s_ptr, z_ptr, g_ptr,
-        M, K, N, NP, KS,
-        sxm, sxk, swk, swn, ssk, ssn, sos, som, son,
-        o_ptr,
+        x_ptr, w_ptr, s_ptr, z_ptr, g_ptr, o_ptr,  # jax-triton: inputs, then outputs
+        # Sizes and strides are constexpr: jax-triton leaves integer arguments unspecialized,
+        # and a stride of unknown divisibility limits every load to one element.
+        M: tl.constexpr, K: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, KS: tl.constexpr,
+        sxm: tl.constexpr, sxk: tl.constexpr, swk: tl.constexpr, swn: tl.constexpr,
+        ssk: tl.constexpr, ssn: tl.constexpr, sos: tl.constexpr, som: tl.constexpr,
+        son: tl.constexpr,
         ELEM: tl.constexpr, SCALE: tl.constexpr, SBK: tl.constexpr, SBN: tl.constexpr,
         HAS_Z: tl.constexpr, HAS_G: tl.constexpr, FAST: tl.constexpr,
         OFFSET: tl.constexpr, FACTOR: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
@@ -242,3 +262,143 @@ if triton is not None:
             tot = tot * tl.load(g_ptr)
         tl.store(o_ptr + pid_s * sos + row * som + offs_n * son, tot.to(o_ptr.dtype.element_ty),
                  mask=(offs_n < N) & (row < M))
+
+    @triton.jit
+    def _kgemv_kernel(
+        x_ptr, cb_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, g_ptr, o_ptr,
+        M: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, NT: tl.constexpr, KT: tl.constexpr,
+        sxm: tl.constexpr, sxt: tl.constexpr, swk: tl.constexpr, swn: tl.constexpr,
+        ssk: tl.constexpr, ssn: tl.constexpr, sos: tl.constexpr, som: tl.constexpr,
+        ELEM: tl.constexpr, SCALE: tl.constexpr, SBK: tl.constexpr, SBN: tl.constexpr,
+        HAS_Z: tl.constexpr, HAS_G: tl.constexpr, FAST: tl.constexpr, ZOFF: tl.constexpr,
+        FACTOR: tl.constexpr, MODE: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, U: tl.constexpr,
+    ):
+        """K-contiguous FMA GEMV (see `kgemv_launch`). Program (n, m, s): BN output columns,
+        BM rows of x, K tiles [s * KT, (s + 1) * KT), U tiles per loop step (unrolled, so
+        their loads are in flight together)."""
+        FOUR: tl.constexpr = ELEM == 1 or ELEM == 2 or ELEM == 4
+        BKB: tl.constexpr = BK // 2 if FOUR else BK  # stored bytes of one row per K tile
+        pid_n = tl.program_id(0)
+        pid_m = tl.program_id(1)
+        pid_s = tl.program_id(2)
+        offs_n = pid_n * BN + tl.arange(0, BN)
+        n_ok = offs_n < NP
+        scol = offs_n // SBN
+        offs_b = tl.arange(0, BKB)
+        offs_m = pid_m * BM + tl.arange(0, BM)
+        # BM == 1: 1-D accumulator, so a tile's row sums need no layout change to be added.
+        if BM == 1:
+            acc = tl.zeros((BN,), dtype=tl.float32)
+        else:
+            acc = tl.zeros((BM, BN), dtype=tl.float32)
+        corr = tl.zeros((BM, 1), dtype=tl.float32)  # MODE 0: sums of cb and of x over tiles
+        xsum = tl.zeros((BM, 1), dtype=tl.float32)
+        for t0 in range(0, KT, U):
+            for u in tl.static_range(U):
+                t = pid_s * KT + t0 + u
+                t_ok = t < NT
+                w = tl.load(w_ptr + offs_n[:, None] * swn + (t * BKB + offs_b)[None, :] * swk,
+                            mask=n_ok[:, None] & t_ok, other=0, eviction_policy="evict_first")
+                if FOUR:
+                    if ELEM == 4:
+                        lo, hi = _decode_tile(w, ELEM, FAST, tl.float32)
+                        lo = lo.to(tl.float32)
+                        hi = hi.to(tl.float32)
+                    elif FAST:
+                        lo, hi = _upcast_nibbles(w, ELEM == 1, True)
+                    else:
+                        lo = (w & 15).to(tl.int32)
+                        hi = (w >> 4).to(tl.int32)
+                        if ELEM == 1:
+                            lo = lo ^ 8
+                            hi = hi ^ 8
+                        lo = lo.to(tl.float32)
+                        hi = hi.to(tl.float32)
+                else:
+                    lo, _ = _decode_tile(w, ELEM, False, tl.float32)
+                    lo = lo.to(tl.float32)
+                if MODE == 1:
+                    s, z = _load_scales(s_ptr, z_ptr, (t * BK) // SBK, scol, n_ok & t_ok, ssk, ssn,
+                                        SCALE, HAS_Z, FACTOR, ZOFF)
+                for mi in tl.static_range(BM):
+                    row = pid_m * BM + mi
+                    r_ok = (row < M) & t_ok
+                    xrow = x_ptr + row * sxm + t * BK
+                    if FOUR:
+                        xe = tl.load(xrow + offs_b, mask=r_ok, other=0.0, eviction_policy="evict_last")
+                        xo = tl.load(xrow + BKB + offs_b, mask=r_ok, other=0.0, eviction_policy="evict_last")
+                        d = tl.sum(lo * xe[None, :] + hi * xo[None, :], axis=1)
+                    else:
+                        xk = tl.load(xrow + offs_b, mask=r_ok, other=0.0, eviction_policy="evict_last")
+                        d = tl.sum(lo * xk[None, :], axis=1)
+                    cb = tl.load(cb_ptr + row * sxt + t, mask=r_ok, other=0.0)
+                    xs = tl.load(xs_ptr + row * sxt + t, mask=r_ok, other=0.0)
+                    if MODE == 1:
+                        d = (d - cb - z * xs) * s
+                    else:
+                        corr = tl.where(offs_m[:, None] == row, corr + cb, corr)
+                        xsum = tl.where(offs_m[:, None] == row, xsum + xs, xsum)
+                    if BM == 1:
+                        acc += d
+                    else:
+                        acc = tl.where(offs_m[:, None] == row, acc + d[None, :], acc)
+        if MODE == 0:
+            s, z = _load_scales(s_ptr, z_ptr, 0, scol, n_ok, ssk, ssn, SCALE, HAS_Z, FACTOR, ZOFF)
+            if BM == 1:
+                acc = (acc - tl.sum(corr, axis=0) - tl.sum(xsum, axis=0) * z) * s
+            else:
+                acc = (acc - corr - xsum * z[None, :]) * s[None, :]
+        if HAS_G:
+            acc = acc * tl.load(g_ptr)
+        if BM == 1:
+            tl.store(o_ptr + pid_s * sos + pid_m * som + offs_n, acc.to(o_ptr.dtype.element_ty),
+                     mask=(offs_n < N) & (pid_m < M))
+        else:
+            o_ptrs = o_ptr + pid_s * sos + offs_m[:, None] * som + offs_n[None, :]
+            tl.store(o_ptrs, acc.to(o_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+def kgemv_x(x, spec, cfg, fast4: bool):
+    """`kgemv`'s view of x, made by XLA once per call (x is tiny next to W): f32, K padded,
+    and for 4-bit codes each K tile reordered [even k; odd k] so a thread's K run of x is one
+    vector load. With the f32 nibble upcast (`fast4`) even k are scaled by 2 and odd k by
+    1/8 and `cb` holds the 128 offsets' share; `xs` is the per-tile sum of x (zero points).
+    Returns (x (M, kp), cb (M, tiles), xs (M, tiles))."""
+    m = x.shape[0]
+    bk = cfg.block_k
+    nt = spec.kp // bk
+    t = jnp.pad(x.astype(jnp.float32), ((0, 0), (0, spec.kp - spec.k))).reshape(m, nt, bk)
+    if not spec.four_bit:
+        return t.reshape(m, spec.kp), jnp.zeros((m, nt), jnp.float32), t.sum(-1)
+    e, o = t[..., 0::2], t[..., 1::2]
+    se, so = e.sum(-1), o.sum(-1)
+    if fast4:
+        cb, e, o = 256.0 * se + 16.0 * so, e * 2.0, o * 0.125
+    else:
+        cb = jnp.zeros_like(se)
+    return jnp.concatenate([e, o], axis=-1).reshape(m, spec.kp), cb, se + so
+
+
+def kgemv_args(x, arrays, ints, consts, *, spec, cfg):
+    """`kgemv`'s inputs and constexprs, from the shared launch arguments (`triton_kernel.
+    triton_launch`): one GEMV program per (BN columns, BM rows of x, K split); each loop step
+    loads U tiles of BN rows x BK K of the stored weight (with the "nk" layout, 16-byte runs
+    along K), upcasts them to f32 in registers (4-bit: `_upcast_nibbles`, no convert
+    instructions) and reduces each tile against x by FMA; the tile's scale multiplies the
+    reduced value (one multiply per output per tile). No tensor cores, no shared-memory
+    operand: for M of 1 to a few, where decode must stream W at HBM bandwidth."""
+    _, w, s, z, g = arrays
+    m = x.shape[0]
+    elem = consts["ELEM"]
+    xp, cb, xs = kgemv_x(x, spec, cfg, consts["FAST"] and elem in (1, 2))
+    nt = spec.kp // cfg.block_k
+    kt = -(-nt // cfg.split_k)
+    kt = -(-kt // cfg.unroll) * cfg.unroll  # whole loop steps (`config.split_for`)
+    params = dict(
+        M=m, N=spec.n, NP=spec.np_, NT=nt, KT=kt, sxm=spec.kp, sxt=nt,
+        sos=m * spec.n if cfg.split_k > 1 else 0, som=spec.n,
+        **{k: ints[k] for k in ("swk", "swn", "ssk", "ssn")},
+        **{k: consts[k] for k in ("ELEM", "SCALE", "SBK", "SBN", "HAS_Z", "HAS_G", "FAST",
+                                  "FACTOR", "MODE", "BM", "BN", "BK")},
+        ZOFF=8.0 if elem == 1 else 0.0, U=cfg.unroll)
+    return (xp, cb, xs, w, s, z, g), params

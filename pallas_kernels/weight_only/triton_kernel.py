@@ -25,6 +25,12 @@ place (prefill: keeps the tensor-core accumulator chained). 4-bit x modes: 0 spl
 tile into even/odd k, 1 load even/odd k from memory, 2 interleave the decoded nibbles back
 into K order and do one dot.
 
+Sizes and strides are constexpr arguments. jax-triton specializes pointers (16-byte aligned)
+but not integer arguments, so a runtime stride has unknown divisibility and Triton may load
+only one element per instruction: before this was found, every kernel here loaded its weight
+one byte at a time (PTX `ld.global.b8`), which capped decode at ~1 TB/s (BENCHMARKS.md).
+Compiling per shape costs nothing extra: jit already specializes on shapes.
+
 Grid: (N tiles, M tiles, split_k). With split_k > 1 each program writes f32 partial sums
 of its K range to (split_k, M, N); XLA adds them and casts.
 """
@@ -61,44 +67,65 @@ def available() -> str | None:
     return None
 
 
+def _lop3_asm(setup: str, operands, lut: str) -> str:
+    """PTX for `tl.inline_asm_elementwise`: `setup`, then output register $i = LOP3(src, mask,
+    const) for each (src, mask, const) of `operands` (lut 0xea: (src & mask) | const; 0x6a:
+    (src & mask) ^ const)."""
+    lines = [f"lop3.b32 ${i}, {src}, {mask}, {const}, {lut};" for i, (src, mask, const) in enumerate(operands)]
+    return "{\n" + setup + "\n" + "\n".join(lines) + "\n}"
+
+
+def nibbles_to_bf16_asm(signed: bool) -> str:
+    """4 code bytes ($4) -> lo, hi bf16 pairs ($0 $1, $2 $3): bytes spread to 16-bit lanes by
+    PRMT, each nibble masked into the mantissa of bf16 128.0 (SIGNED: top bit flipped)."""
+    setup = (".reg .b32 t0, t1, t2, t3, z;\nmov.b32 z, 0;\nprmt.b32 t0, $4, z, 0x4140;\n"
+             "prmt.b32 t1, $4, z, 0x4342;\nshr.b32 t2, t0, 4;\nshr.b32 t3, t1, 4;")
+    const = "0x43084308" if signed else "0x43004300"
+    return _lop3_asm(setup, [(t, "0x000f000f", const) for t in ("t0", "t1", "t2", "t3")],
+                     "0x6a" if signed else "0xea")
+
+
+def nibbles_to_f32_asm(signed: bool) -> str:
+    """4 code bytes ($8) -> lo f32 ($0-$3), hi f32 ($4-$7): byte j shifted so its nibbles sit
+    in mantissa bits 15-18 and 19-22 of f32 128.0 (see `_upcast_nibbles`)."""
+    setup = (".reg .b32 t0, t1, t2, t3;\nshl.b32 t0, $8, 15;\nshl.b32 t1, $8, 7;\n"
+             "shr.b32 t2, $8, 1;\nshr.b32 t3, $8, 9;")
+    lo, hi = ("0x43040000", "0x43400000") if signed else ("0x43000000", "0x43000000")
+    ts = ("t0", "t1", "t2", "t3")
+    return _lop3_asm(setup, [(t, "0x00078000", lo) for t in ts] + [(t, "0x00780000", hi) for t in ts],
+                     "0x6a" if signed else "0xea")
+
+
 if triton is not None:
+    _BF16_S = tl.constexpr(nibbles_to_bf16_asm(True))
+    _BF16_U = tl.constexpr(nibbles_to_bf16_asm(False))
+    _F32_S = tl.constexpr(nibbles_to_f32_asm(True))
+    _F32_U = tl.constexpr(nibbles_to_f32_asm(False))
 
     @triton.jit
-    def _nibbles_to_bf16(p, SIGNED: tl.constexpr):
-        """uint8 tile of packed nibbles -> (lo, hi) bf16 tiles holding 128 + code
-        (SIGNED: 128 + (code ^ 8))."""
-        if SIGNED:
-            return tl.inline_asm_elementwise(
-                asm="""{
-                .reg .b32 t0, t1, z;
-                mov.b32 z, 0;
-                prmt.b32 t0, $4, z, 0x4140;
-                prmt.b32 t1, $4, z, 0x4342;
-                lop3.b32 $0, t0, 0x000f000f, 0x43084308, 0x6a;
-                lop3.b32 $1, t1, 0x000f000f, 0x43084308, 0x6a;
-                shr.b32 t0, t0, 4;
-                shr.b32 t1, t1, 4;
-                lop3.b32 $2, t0, 0x000f000f, 0x43084308, 0x6a;
-                lop3.b32 $3, t1, 0x000f000f, 0x43084308, 0x6a;
-                }""",
-                constraints="=r,=r,=r,=r,r",
-                args=[p], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+    def _upcast_nibbles(p, SIGNED: tl.constexpr, F32: tl.constexpr):
+        """uint8 tile of packed nibbles -> (lo, hi) tiles, u the code (SIGNED: code ^ 8 =
+        signed value + 8). bf16: 128 + u (the tensor-core kernels). F32: 128 + u_lo / 2 and
+        128 + 8 u_hi, each byte shifted so its nibbles sit in mantissa bits 15-18 and 19-22 of
+        128.0 and one LOP3 per value masks a nibble and ORs (SIGNED: XORs) the exponent in:
+        12 instructions per 8 values, no conversion instruction (`kgemv`, which pre-scales x
+        by 2 for even k and 1/8 for odd k)."""
+        if F32:
+            dt: tl.constexpr = tl.float32
+            cons: tl.constexpr = "=r,=r,=r,=r,=r,=r,=r,=r,r"  # 4 code bytes -> 4 + 4 f32
+            if SIGNED:
+                asm: tl.constexpr = _F32_S
+            else:
+                asm: tl.constexpr = _F32_U
         else:
-            return tl.inline_asm_elementwise(
-                asm="""{
-                .reg .b32 t0, t1, z;
-                mov.b32 z, 0;
-                prmt.b32 t0, $4, z, 0x4140;
-                prmt.b32 t1, $4, z, 0x4342;
-                lop3.b32 $0, t0, 0x000f000f, 0x43004300, 0xea;
-                lop3.b32 $1, t1, 0x000f000f, 0x43004300, 0xea;
-                shr.b32 t0, t0, 4;
-                shr.b32 t1, t1, 4;
-                lop3.b32 $2, t0, 0x000f000f, 0x43004300, 0xea;
-                lop3.b32 $3, t1, 0x000f000f, 0x43004300, 0xea;
-                }""",
-                constraints="=r,=r,=r,=r,r",
-                args=[p], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+            dt: tl.constexpr = tl.bfloat16
+            cons: tl.constexpr = "=r,=r,=r,=r,r"  # 4 code bytes -> 2 + 2 bf16 pairs
+            if SIGNED:
+                asm: tl.constexpr = _BF16_S
+            else:
+                asm: tl.constexpr = _BF16_U
+        return tl.inline_asm_elementwise(asm=asm, constraints=cons, args=[p], dtype=(dt.value, dt.value),
+                                         is_pure=True, pack=4)
 
     @triton.jit
     def _e2m1_to_e4m3_fast(p):
@@ -153,7 +180,7 @@ if triton is not None:
                     hi8.to(tl.float8e4nv, bitcast=True).to(tl.float32).to(XT))
         else:
             if FAST:
-                lo, hi = _nibbles_to_bf16(w, ELEM == 1)
+                lo, hi = _upcast_nibbles(w, ELEM == 1, False)
                 return lo, hi
             else:
                 lo = (w & 15).to(tl.int32)
@@ -165,10 +192,13 @@ if triton is not None:
 
     @triton.jit
     def _weight_only_kernel(
-        x_ptr, w_ptr, s_ptr, z_ptr, g_ptr,
-        M, K, N, NP, KS,
-        sxm, sxk, swk, swn, ssk, ssn, sos, som, son,
-        o_ptr,  # jax-triton passes outputs after all inputs
+        x_ptr, w_ptr, s_ptr, z_ptr, g_ptr, o_ptr,  # jax-triton: inputs, then outputs
+        # Sizes and strides are constexpr: jax-triton leaves integer arguments unspecialized,
+        # and a stride of unknown divisibility limits every load to one element.
+        M: tl.constexpr, K: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, KS: tl.constexpr,
+        sxm: tl.constexpr, sxk: tl.constexpr, swk: tl.constexpr, swn: tl.constexpr,
+        ssk: tl.constexpr, ssn: tl.constexpr, sos: tl.constexpr, som: tl.constexpr,
+        son: tl.constexpr,
         ELEM: tl.constexpr, SCALE: tl.constexpr, SBK: tl.constexpr, SBN: tl.constexpr,
         HAS_Z: tl.constexpr, HAS_G: tl.constexpr, FAST: tl.constexpr,
         OFFSET: tl.constexpr, FACTOR: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
@@ -324,7 +354,7 @@ def _split_len(spec: WeightSpec, cfg: TileConfig) -> int:
 
 
 def launch_args(x, values, scales, zeros, global_scale, spec: WeightSpec, cfg: TileConfig):
-    """Arrays and integer arguments in kernel order (before the output), plus grid."""
+    """Arrays in kernel order (before the output), the size/stride constexprs, and the grid."""
     m = x.shape[0]
     u8 = lambda a: jax.lax.bitcast_convert_type(a, jnp.uint8) if a.dtype.itemsize == 1 and a.dtype != jnp.uint8 else a  # noqa: E731
     w = values
@@ -345,9 +375,31 @@ def launch_args(x, values, scales, zeros, global_scale, spec: WeightSpec, cfg: T
         sos, som, son = 0, spec.n, 1
     else:
         sos, som, son = m * spec.n, spec.n, 1
-    ints = (m, spec.k, spec.n, spec.np_, ks, x.shape[1], 1, swk, swn, ssk, ssn, sos, som, son)
+    ints = dict(M=m, K=spec.k, N=spec.n, NP=spec.np_, KS=ks, sxm=x.shape[1], sxk=1, swk=swk,
+                swn=swn, ssk=ssk, ssn=ssn, sos=sos, som=som, son=son)
     grid = (-(-spec.np_ // cfg.block_n), -(-m // cfg.block_m), cfg.split_k)
     return (x, w, s, z, g), ints, grid
+
+
+def triton_launch(x, values, scales, zeros, global_scale, spec: WeightSpec, cfg: TileConfig,
+                  out_dtype):
+    """One launch as jax-triton receives it: (kernel, input arrays, out_shape, grid,
+    constexprs). `weight_only_matmul_triton` calls it; `scripts/ptx_report.py` compiles the
+    same launch offline (no GPU) to check load widths and registers."""
+    from pallas_kernels.weight_only import triton_decode
+    m = x.shape[0]
+    if cfg.split_k == 1:
+        out_shape = jax.ShapeDtypeStruct((m, spec.n), out_dtype)
+    else:
+        out_shape = jax.ShapeDtypeStruct((cfg.split_k, m, spec.n), jnp.float32)
+    arrays, ints, grid = launch_args(x, values, scales, zeros, global_scale, spec, cfg)
+    consts = kernel_constants(spec, cfg, x.dtype)
+    if cfg.kernel == "kgemv":
+        arrays, params = triton_decode.kgemv_args(x, arrays, ints, consts, spec=spec, cfg=cfg)
+        return triton_decode._kgemv_kernel, arrays, out_shape, grid, params
+    kernel = {"dot": _weight_only_kernel, "fma": triton_decode._gemv_fma_kernel,
+              "gemv": triton_decode._gemv_kernel, "swapab": triton_decode._swapab_kernel}[cfg.kernel]
+    return kernel, arrays, out_shape, grid, {**ints, **consts}
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "cfg", "out_dtype"))
@@ -356,25 +408,11 @@ def weight_only_matmul_triton(x, values, scales, zeros, global_scale, *, spec: W
     """x (M, k) bf16/f16 -> (M, n) out_dtype on an NVIDIA GPU. Caller validates."""
     import jax_triton as jt
 
-    arrays, ints, grid = launch_args(x, values, scales, zeros, global_scale, spec, cfg)
-    m = x.shape[0]
-    if cfg.split_k == 1:
-        out_shape = jax.ShapeDtypeStruct((m, spec.n), out_dtype)
-    else:
-        out_shape = jax.ShapeDtypeStruct((cfg.split_k, m, spec.n), jnp.float32)
-    from pallas_kernels.weight_only import triton_decode
-    kernel = {"dot": _weight_only_kernel, "fma": triton_decode._gemv_fma_kernel,
-              "gemv": triton_decode._gemv_kernel, "swapab": triton_decode._swapab_kernel}[cfg.kernel]
-    out = jt.triton_call(
-        *arrays, *ints,
-        kernel=kernel,
-        out_shape=out_shape,
-        grid=grid,
-        name="weight_only_matmul_triton",
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
-        **kernel_constants(spec, cfg, x.dtype),
-    )
+    kernel, arrays, out_shape, grid, params = triton_launch(
+        x, values, scales, zeros, global_scale, spec, cfg, out_dtype)
+    out = jt.triton_call(*arrays, kernel=kernel, out_shape=out_shape, grid=grid,
+                         name=f"weight_only_{cfg.kernel}", num_warps=cfg.num_warps,
+                         num_stages=cfg.num_stages, **params)
     if cfg.split_k > 1:
         out = out.sum(axis=0).astype(out_dtype)
     return out

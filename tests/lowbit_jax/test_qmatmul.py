@@ -96,10 +96,12 @@ def test_explicit_pallas_without_gpu_or_interpret_raises_with_reason():
 def test_mosaic_weight_only_path(recipe, interpret):
     """impl="mosaic" (Mosaic GPU wgmma kernel) through qmatmul, in GPU interpret mode on CPU."""
     r = lj.get_recipe(recipe)
-    q = lj.quantize(rand(256, 128, seed=6), r.weight)
+    q = lj.quantize(rand(256, 128, seed=6), r.weight, layout="kn")  # the kernel's layout
     x = rand(70, 256, seed=7, dtype=jnp.bfloat16)
     ref = lj.qmatmul(x, q, impl="xla", out_dtype=jnp.float32)
     y = lj.qmatmul(x, q, impl="mosaic", interpret=interpret, out_dtype=jnp.float32)
+    with pytest.raises(lj.KernelUnavailableError, match="layout 'kn'"):
+        lj.qmatmul(x, lj.quantize(rand(256, 128), r.weight), impl="mosaic", interpret=interpret)
     rel = float(jnp.linalg.norm(y - ref) / jnp.linalg.norm(ref))
     assert rel < 4e-3, rel  # group-scaled tiles are rounded to bf16 before the wgmma
     with pytest.raises(lj.KernelUnavailableError, match="weight-only"):

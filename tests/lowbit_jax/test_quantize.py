@@ -137,7 +137,7 @@ def test_mx_shared_exponent_table(fmt, amax, exp):
     w = np.zeros((32, 2), np.float32)
     w[5, 0] = amax
     w[7, 0] = -amax / 3
-    q = lj.quantize(jnp.asarray(w), fmt)
+    q = lj.quantize(jnp.asarray(w), fmt, layout="kn")
     bits = np.asarray(jax.lax.bitcast_convert_type(q.scales, jnp.uint8)).astype(int) - 127
     assert bits[0, 0] == exp and bits[0, 1] == 0  # the all-zero column: scale 1
 
@@ -152,7 +152,7 @@ def test_mx_floor_clips_and_up_does_not():
 
 def test_nvfp4_two_level_scales():
     w = np.random.default_rng(3).standard_normal((64, 16)).astype(np.float32)
-    q = lj.quantize(jnp.asarray(w), "nvfp4")
+    q = lj.quantize(jnp.asarray(w), "nvfp4", layout="kn")
     g = float(q.global_scale)
     assert math.isclose(g, np.abs(w).max() / (6 * 448), rel_tol=1e-6)
     amax_b = np.abs(w.reshape(4, 16, 16)).max(axis=1)
@@ -162,13 +162,13 @@ def test_nvfp4_two_level_scales():
 
 def test_integer_rounding_is_half_to_even():
     w = np.array([[2.5], [1.5], [-0.5], [127.0]], np.float32)  # absmax 127 -> scale 1
-    q = lj.quantize(jnp.asarray(w), "int8")
+    q = lj.quantize(jnp.asarray(w), "int8", layout="kn")
     np.testing.assert_array_equal(np.asarray(q.values)[:, 0], [2, 2, 0, 127])
 
 
 def test_fp8_saturates_instead_of_overflowing():
     w = np.array([[1e30], [-3.0]], np.float32)
-    q = lj.quantize(jnp.asarray(w), "fp8-tensor")
+    q = lj.quantize(jnp.asarray(w), "fp8-tensor", layout="kn")
     assert np.all(np.isfinite(np.asarray(q.values, np.float32)))
     assert np.asarray(q.values, np.float32)[0, 0] == 448.0
 
@@ -186,7 +186,7 @@ def test_padding_keeps_logical_shape(fmt, k, n):
 
 def test_nbytes_counts_half_a_byte_per_4bit_element():
     w = jnp.ones((4096, 4096), jnp.float32)
-    q = lj.quantize(w, "int4-g128")
+    q = lj.quantize(w, "int4-g128", layout="kn")
     assert q.values.dtype == jnp.uint8 and q.values.shape == (2048, 4096)
     assert q.nbytes == 4096 * 4096 // 2 + 32 * 4096 * 4
     assert lj.quantize(w, "mxfp4").nbytes == 4096 * 4096 // 2 + 128 * 4096
@@ -215,7 +215,7 @@ def test_packing_matches_ml_dtypes_int4_and_e2m1():
 
 def test_quantize_of_stored_int4_matches_jnp_int4():
     w = np.random.default_rng(6).standard_normal((64, 8)).astype(np.float32)
-    q = lj.quantize(jnp.asarray(w), "int4-g32")
+    q = lj.quantize(jnp.asarray(w), "int4-g32", layout="kn")
     s = element_scales(q)
     want = np.clip(np.round(w / s), -7, 7).astype(ml_dtypes.int4)
     got = lj.qtensor.numpy_codes(q)
@@ -225,11 +225,11 @@ def test_quantize_of_stored_int4_matches_jnp_int4():
 
 def test_quantize_is_jittable_and_batched():
     w = jnp.asarray(np.random.default_rng(7).standard_normal((3, 128, 32)), jnp.float32)
-    q = jax.jit(lambda w: lj.quantize(w, "mxfp4"))(w)
+    q = jax.jit(lambda w: lj.quantize(w, "mxfp4", layout="kn"))(w)
     assert isinstance(q, lj.QTensor) and q.shape == (3, 128, 32)
     d = jax.jit(lj.dequantize)(q)
     np.testing.assert_array_equal(np.asarray(d[1]), np.asarray(lj.dequantize(lj.quantize(w[1], "mxfp4"))))
-    qv = jax.vmap(lambda w: lj.quantize(w, "int8"))(w)
+    qv = jax.vmap(lambda w: lj.quantize(w, "int8", layout="kn"))(w)
     assert qv.values.shape == (3, 128, 32)
 
 
@@ -278,3 +278,12 @@ def test_tiny_tensors_stay_finite(fmt):
     w[5, 3] = -3 * np.finfo(np.float32).tiny
     check_roundtrip(jnp.asarray(w), fmt)
     assert np.all(np.isfinite(np.asarray(lj.dequantize(lj.quantize(jnp.asarray(w), fmt)))))
+
+
+def test_weights_are_stored_k_major_by_default():
+    """The GPU kernels' fast layout ("nk", BENCHMARKS.md) is the default, for arrays and recipes."""
+    w = jnp.ones((64, 8))
+    q = lj.quantize(w, "int4-g32")
+    assert q.layout == "nk" and q.values.shape == (8, 32)
+    assert all(r.layout == "nk" for r in lj.RECIPES.values())
+    np.testing.assert_array_equal(np.asarray(lj.dequantize(q)), np.asarray(lj.dequantize(lj.quantize(w, "int4-g32", layout="kn"))))

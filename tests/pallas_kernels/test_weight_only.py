@@ -31,12 +31,15 @@ def _tolerance(x, w_f32, out_dtype, k):
     Contraction: the kernel rounds scaled weights to bf16 before the dot when a tile spans
     several scale blocks (relative 2**-9 per term) and sums in a different order; those
     per-term errors have random signs, so they grow like sqrt(K) times rms(x) * rms(w).
+    The bound allows 2**-6 of that (8 standard deviations of the 2**-9 rounding): real-width
+    prefill checks take the maximum over ~1.5M outputs, where 4 deviations are exceeded
+    (seen on an H200: uint4-g128 at M=1024 failed 2**-7). A wrong kernel is off by O(1).
     """
     eps_out = {jnp.dtype(jnp.bfloat16): 2.0**-8, jnp.dtype(jnp.float16): 2.0**-10,
                jnp.dtype(jnp.float32): 2.0**-20}[jnp.dtype(out_dtype)]
     xr = float(jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32)))))
     wr = float(jnp.sqrt(jnp.mean(jnp.square(w_f32))))
-    return eps_out, 2.0**-7 * math.sqrt(k) * xr * wr
+    return eps_out, 2.0**-6 * math.sqrt(k) * xr * wr
 
 
 def _check(case, m, k, n, layout, impl, interpret, out_dtype=jnp.bfloat16, seed=0, config=None):
@@ -175,22 +178,31 @@ class TestWeightOnlyGPU(TestWeightOnlyKernels):
     @pytest.mark.parametrize("kn", REAL_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
     @pytest.mark.parametrize("label", ["int8", "int4-g128", "uint4-g128", "fp8", "mxfp8", "mxfp4", "nvfp4"])
     def test_real_widths(self, label, kn, interpret):
+        """The recipes' layout ("nk") with the chooser's configs (tuned table included)."""
         for m in (1, 16, 1024):
-            _check(testing.CASES_BY_LABEL[label], m, kn[0], kn[1], "kn", "triton", interpret)
+            _check(testing.CASES_BY_LABEL[label], m, kn[0], kn[1], "nk", "triton", interpret)
 
+    @pytest.mark.parametrize("layout", ["kn", "nk"])
     @pytest.mark.parametrize("label", ["int8", "int4-g128", "uint4-g128", "fp8", "mxfp4", "nvfp4"])
     @pytest.mark.parametrize("kernel,m,bm", [("gemv", 1, 1), ("gemv", 2, 1), ("fma", 3, 4),
-                                             ("swapab", 13, 16), ("swapab", 40, 64)])
-    def test_decode_kernels(self, label, kernel, m, bm, interpret):
+                                             ("swapab", 13, 16), ("swapab", 40, 64),
+                                             ("kgemv", 1, 1), ("kgemv", 3, 4)])
+    def test_decode_kernels(self, label, kernel, m, bm, layout, interpret):
         """The decode kernels of triton_decode with explicit tiles (the tuned table picks
-        them per device), odd M, split K, K not a multiple of the tile."""
+        them per device), odd M, split K, K not a multiple of the tile (kgemv: per-channel
+        tiles of 8 dividing K, grouped tiles one group long, masked last loop step)."""
         case = testing.CASES_BY_LABEL[label]
         group = case.block_k or 1 << 30
         bk = min(64, group) if kernel != "swapab" else max(32, min(64, group))
+        if kernel == "kgemv" and group > 1000:
+            bk = 8
         if bk > group:
             pytest.skip(f"{kernel} needs a K tile inside one {group}-block and >= 32 for its dot")
-        cfg = TileConfig(kernel=kernel, block_m=bm, block_n=128, block_k=bk, split_k=2)
-        _check(case, m, 1000, 384, "kn", "triton", interpret, config=cfg)
+        if kernel == "swapab" and bm > 16 and label == "fp8":
+            pytest.skip("swapab refuses e4m3 codes with block_m > 16 (wrong on triton 3.6; config.py)")
+        cfg = TileConfig(kernel=kernel, block_m=bm, block_n=128, block_k=bk, split_k=2,
+                         unroll=3 if kernel == "kgemv" else 1)
+        _check(case, m, 1000, 384, layout, "triton", interpret, config=cfg)
 
     def test_jit_and_vmap(self, interpret):
         case = testing.CASES_BY_LABEL["int4-g128"]

@@ -86,3 +86,42 @@ def test_committed_tables_are_valid():
             for bucket, fields in buckets.items():
                 assert bucket in ("m1", "m16") and set(fields) <= set(wcfg.TUNED_FIELDS), (key, bucket)
                 wcfg.TileConfig(**fields)
+
+
+@pytest.mark.parametrize("k,n,bn,unroll", [(8192, 28672, 64, 4), (14336, 4096, 128, 2),
+                                           (576, 1536, 64, 4), (4096, 1024, 128, 4)])
+def test_kgemv_split_gives_every_program_the_same_whole_steps(k, n, bn, unroll):
+    s = spec(k=k, n=n)
+    cfg = wcfg.TileConfig(kernel="kgemv", block_m=1, block_n=bn, block_k=128, unroll=unroll)
+    split = wcfg.split_for(s, cfg, 1)
+    steps = -(-(s.kp // 128) // unroll)
+    assert steps % split == 0
+    programs = -(-n // bn) * split
+    assert programs >= 4 * wcfg.NUM_SMS or split == steps
+
+
+def test_kgemv_tiles_must_divide_padded_k_and_swapab_refuses_wide_e4m3():
+    kg = wcfg.TileConfig(kernel="kgemv", block_m=1, block_n=128, block_k=64)
+    assert kg.check(spec(jnp.int8, None, k=1000)) is not None  # 1000 % 64
+    assert wcfg.TileConfig(kernel="kgemv", block_m=1, block_n=128, block_k=8).check(
+        spec(jnp.int8, None, k=1000)) is None
+    sw = wcfg.TileConfig(kernel="swapab", block_m=64, block_n=128, block_k=64)
+    assert "e4m3" in sw.check(spec(jnp.float8_e4m3fn, None))
+    assert wcfg.TileConfig(kernel="swapab", block_m=16, block_n=128, block_k=64).check(
+        spec(jnp.float8_e4m3fn, None)) is None
+
+
+def test_tuned_kgemv_entry_rounds_rows_up(tmp_path, monkeypatch):
+    key = wcfg.table_key(jnp.int4, 128, 1, "kn")
+    entry = dict(kernel="kgemv", block_m=1, block_n=64, block_k=128, num_warps=4, num_stages=1, unroll=4)
+    monkeypatch.setattr(wcfg, "TUNED_DIR", tmp_path)
+    (tmp_path / "fake-gpu-9001.json").write_text(json.dumps({"device_kind": "x", "table": {key: {"m1": entry}}}))
+    wcfg.tuned_table.cache_clear()
+    try:
+        one = wcfg.choose_config(1, spec(), device_kind="Fake GPU 9001")
+        two = wcfg.choose_config(2, spec(), device_kind="Fake GPU 9001")
+        assert (one.kernel, one.block_m, one.unroll) == ("kgemv", 1, 4)
+        assert (two.kernel, two.block_m) == ("kgemv", 2)
+        assert one.split_k == wcfg.split_for(spec(), one, 1)
+    finally:
+        wcfg.tuned_table.cache_clear()

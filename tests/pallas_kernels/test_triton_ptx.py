@@ -1,0 +1,49 @@
+"""The weight-only Triton launches compiled for sm_90a without a GPU (`scripts/ptx_report`):
+every launch the chooser makes loads its weight in 16-byte vectors and spills nothing.
+
+Guards the bug that capped every decode kernel at ~1 TB/s: integer arguments are not
+specialized by jax-triton, so a runtime stride made Triton load one byte per instruction.
+"""
+
+import pytest
+
+pytest.importorskip("triton")
+
+from pallas_kernels.weight_only.config import TileConfig  # noqa: E402
+from scripts import ptx_report  # noqa: E402
+
+FORMATS = ["int4-g128", "uint4-g128", "int8", "fp8", "mxfp4", "nvfp4"]
+
+
+@pytest.mark.parametrize("m", [1, 16, 1024])
+@pytest.mark.parametrize("label", FORMATS)
+def test_chosen_launches_load_16_byte_vectors(label, m):
+    r = ptx_report.report_case(label, 4096, 1536, m, "nk", "NVIDIA H200")
+    assert r["widest"] == 16, r
+    assert r["loads"][16] >= 4 * r["loads"][1], r  # byte loads are scale reads only
+    assert r["stack"] == 0, r  # no register spills
+
+
+@pytest.mark.parametrize("label", ["int4-g128", "int8"])
+def test_kn_layout_launches_load_16_byte_vectors(label):
+    for m in (1, 16):
+        r = ptx_report.report_case(label, 4096, 1536, m, "kn", "NVIDIA H200")
+        assert r["widest"] == 16 and r["stack"] == 0, r
+
+
+@pytest.mark.parametrize("layout", ["kn", "nk"])
+@pytest.mark.parametrize("label", ["int4-g128", "int8", "mxfp4"])
+@pytest.mark.parametrize("cfg", [
+    TileConfig(kernel="kgemv", block_m=1, block_n=64, block_k=32, unroll=4, num_stages=1),
+    TileConfig(kernel="kgemv", block_m=4, block_n=64, block_k=32, unroll=2, num_stages=1),
+    TileConfig(kernel="gemv", block_m=1, block_n=256, block_k=32, num_stages=6),
+    TileConfig(kernel="fma", block_m=4, block_n=128, block_k=32),
+    TileConfig(kernel="swapab", block_m=16, block_n=128, block_k=32),
+], ids=lambda c: f"{c.kernel}-bm{c.block_m}")
+def test_every_decode_kernel_compiles(cfg, label, layout):
+    """The kernels the table can pick, on either layout: they build for sm_90a and spill at
+    most a few registers (kgemv over 4 rows of int8 spills 8 bytes; the rejected 3-D kgemv
+    step spilled 704)."""
+    m = min(cfg.block_m, 3) if cfg.kernel != "swapab" else 13
+    r = ptx_report.report_case(label, 4096, 1536, m, layout, None, config=cfg)
+    assert r["stack"] <= 64 and r["widest"] >= 4, r

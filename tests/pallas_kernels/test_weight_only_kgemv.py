@@ -1,0 +1,118 @@
+"""The arithmetic of the `kgemv` Triton kernel, modelled on CPU (Triton has no CPU path here).
+
+The kernel itself runs only on GPUs (`pytest -m gpu` covers it against the reference). What
+can be checked everywhere is the math it relies on: the nibble upcasts' inline PTX (the very
+strings the kernels assemble, executed by a small interpreter of their five opcodes), the x
+prologue `triton_decode.kgemv_x` (pre-scaled even/odd halves, the offset share `cb`, the tile
+sums `xs`) and the per-tile correction `(sum - cb - z * xs) * s`. Together they must give the
+reference product on fresh random stored weights.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pallas_kernels import blocks
+from pallas_kernels.weight_only import config as wcfg, testing, triton_kernel
+from pallas_kernels.weight_only.reference import weight_only_matmul_reference
+from pallas_kernels.weight_only.triton_decode import kgemv_x
+
+
+def run_ptx(asm: str, word: np.ndarray, n_out: int) -> list[np.ndarray]:
+    """Executes the straight-line PTX of the nibble upcasts (mov, shl, shr, prmt, lop3 on
+    .b32) on a vector of 32-bit input words; returns the output registers $0..$n_out-1."""
+    regs = {f"${n_out}": word.astype(np.uint32)}
+    val = lambda tok: regs[tok] if tok in regs else np.uint32(int(tok, 0))  # noqa: E731
+    for line in asm.strip("{}\n").split("\n"):
+        op, _, rest = line.strip().rstrip(";").partition(" ")
+        args = [a.strip() for a in rest.split(",")]
+        if op.startswith(".reg"):
+            continue
+        if op == "mov.b32":
+            regs[args[0]] = np.broadcast_to(val(args[1]), word.shape).astype(np.uint32)
+        elif op == "shl.b32":
+            regs[args[0]] = (val(args[1]) << np.uint32(int(args[2]))).astype(np.uint32)
+        elif op == "shr.b32":
+            regs[args[0]] = (val(args[1]) >> np.uint32(int(args[2]))).astype(np.uint32)
+        elif op == "prmt.b32":  # bytes of {b, a}: selector nibble i picks result byte i
+            a, b, sel = val(args[1]), val(args[2]), int(args[3], 0)
+            src = [(a >> np.uint32(8 * i)) & np.uint32(0xFF) for i in range(4)]
+            src += [(b >> np.uint32(8 * i)) & np.uint32(0xFF) for i in range(4)]
+            regs[args[0]] = sum((src[(sel >> 4 * i) & 7] << np.uint32(8 * i)) for i in range(4)).astype(np.uint32)
+        elif op == "lop3.b32":
+            a, b, c, lut = val(args[1]), val(args[2]), val(args[3]), int(args[4], 0)
+            table = {0xEA: (a & b) | c, 0x6A: (a & b) ^ c}
+            regs[args[0]] = table[lut].astype(np.uint32)
+        else:
+            raise NotImplementedError(op)
+    return [regs[f"${i}"] for i in range(n_out)]
+
+
+def nibbles_to_f32(words: np.ndarray, signed: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel's f32 upcast (its PTX, executed): words (..., W) -> lo, hi (..., 4W)."""
+    outs = run_ptx(triton_kernel.nibbles_to_f32_asm(signed), words.reshape(-1), 8)
+    as_f32 = lambda parts: np.stack(parts, -1).reshape(*words.shape[:-1], -1).view(np.float32)  # noqa: E731
+    return as_f32(outs[:4]), as_f32(outs[4:])
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_f32_upcast_gives_code_plus_offsets(signed):
+    codes = np.arange(256, dtype=np.uint8)
+    lo, hi = nibbles_to_f32(codes.view(np.uint32).reshape(1, -1), signed)
+    u_lo, u_hi = (codes & 15), (codes >> 4)
+    if signed:
+        u_lo, u_hi = u_lo ^ 8, u_hi ^ 8
+    np.testing.assert_array_equal(lo[0], 128 + u_lo / 2)
+    np.testing.assert_array_equal(hi[0], 128 + 8 * u_hi)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_bf16_upcast_gives_128_plus_code(signed):
+    """`_upcast_nibbles` to bf16 (the tensor-core kernels' upcast): 128 + code (SIGNED: code ^ 8)."""
+    codes = np.arange(256, dtype=np.uint8)
+    outs = run_ptx(triton_kernel.nibbles_to_bf16_asm(signed), codes.view(np.uint32), 4)
+    as_bf16 = lambda parts: np.stack(parts, -1).reshape(-1).view(jnp.bfloat16).astype(np.float32)  # noqa: E731
+    lo, hi = as_bf16(outs[:2]), as_bf16(outs[2:])
+    u_lo, u_hi = (codes & 15), (codes >> 4)
+    if signed:
+        u_lo, u_hi = u_lo ^ 8, u_hi ^ 8
+    np.testing.assert_array_equal(lo, 128 + u_lo)
+    np.testing.assert_array_equal(hi, 128 + u_hi)
+
+
+@pytest.mark.parametrize("label,k", [("int4-g128", 1000), ("uint4-g128", 512), ("int4-g32", 96),
+                                     ("uint4-g32", 160)])
+@pytest.mark.parametrize("m", [1, 3])
+def test_kgemv_math_matches_reference(label, k, m):
+    case = testing.CASES_BY_LABEL[label]
+    n = 48
+    w = testing.random_weight(jax.random.key(k + m), case, k, n, layout="nk")
+    x = jax.random.normal(jax.random.key(7 * m), (m, k), jnp.float32).astype(jnp.bfloat16)
+    kp = w["values"].shape[1] * 2
+    spec = wcfg.WeightSpec(element_dtype=jnp.dtype(case.element_dtype), scale_dtype=w["scales"].dtype,
+                           block_k=w["block_k"], block_n=1, layout="nk", k=k, n=n, kp=kp, np_=n,
+                           has_zeros=w["zeros"] is not None)
+    bk = min(128, w["block_k"])
+    cfg = wcfg.TileConfig(kernel="kgemv", block_m=1, block_n=64, block_k=bk)
+    assert cfg.check(spec) is None
+    xp, cb, xs = (np.asarray(a) for a in kgemv_x(x, spec, cfg, fast4=True))
+    signed = jnp.dtype(case.element_dtype) == jnp.int4
+    # Stored rows (N, kp/2) bytes; each K tile of one row is bk/2 bytes = bk/8 words.
+    vals = np.ascontiguousarray(np.asarray(w["values"]))
+    lo, hi = nibbles_to_f32(vals.view(np.uint32), signed)  # (N, kp/2) each
+    s = np.asarray(w["scales"], np.float32)  # (N, groups)
+    z = np.asarray(w["zeros"], np.float32) if w["zeros"] is not None else np.full_like(s, 8.0 if signed else 0.0)
+    out = np.zeros((m, n), np.float64)
+    half = bk // 2
+    for t in range(kp // bk):
+        g = t * bk // w["block_k"]
+        lo_t, hi_t = lo[:, t * half:(t + 1) * half], hi[:, t * half:(t + 1) * half]
+        xe, xo = xp[:, t * bk:t * bk + half], xp[:, t * bk + half:(t + 1) * bk]
+        d = xe @ lo_t.T.astype(np.float64) + xo @ hi_t.T.astype(np.float64)  # (m, n)
+        out += (d - cb[:, t:t + 1] - z[None, :, g] * xs[:, t:t + 1]) * s[None, :, g]
+    ref = np.asarray(weight_only_matmul_reference(
+        x, w["values"], w["scales"], w["zeros"], None, element_dtype=case.element_dtype,
+        block_k=w["block_k"], block_n=1, layout="nk", k=k, n=n, out_dtype=jnp.float32))
+    assert blocks.is_four_bit(case.element_dtype)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
