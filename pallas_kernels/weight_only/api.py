@@ -8,8 +8,8 @@ block scales [+ zeros] [+ global scale]) and only x is a float array. Implementa
     "triton"  `triton_kernel.py` + `triton_decode.py`: raw Triton via jax-triton, NVIDIA GPUs
               only (the fast path; tiles from the per-device tuned table or the heuristic).
     "mosaic"  `mosaic_kernel.py`: Mosaic GPU (wgmma) prefill GEMM for int8/int4/uint4; runs in
-              GPU interpret mode on CPU; explicit only ("auto" never picks it: it has not yet
-              been compiled on a GPU).
+              GPU interpret mode on CPU and its native lowering for CUDA is checked there too;
+              explicit only ("auto" never picks it: it has not yet run on a GPU).
     "auto"    on GPU: triton, else pallas, else xla; off GPU: xla. Each fallback logs its
               reason once (logging, module logger).
 

@@ -35,8 +35,11 @@ Scales (glossary: group = `block_k` elements of K sharing one scale; step = `til
     groups (tile_k % block_k == 0) or lies inside one (block_k % tile_k == 0).
 
 Limits: element dtypes int8/int4/uint4, block_n == 1, no global scale, "kn" layout;
-padded K and N must be multiples of tile_k and tile_n (M is padded here). Written and
-tested only in GPU interpret mode on CPU; never compiled or timed on a GPU.
+padded K and N must be multiples of tile_k and tile_n (M is padded here); a step's decoded
+rows and each scale group's rows must be multiples of 64 (4-bit: tile_k=128 and groups of
+>= 128; int8: groups of >= 64), which is what the native lowering accepts. Tested in GPU
+interpret mode and lowered for CUDA (Pallas -> Mosaic GPU, layout inference included) on
+CPU; never compiled to a cubin or timed on a GPU.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ class MosaicConfig:
     pipeline step; max_concurrent_steps: TMA pipeline depth."""
     tile_m: int = 128
     tile_n: int = 128
-    tile_k: int = 64
+    tile_k: int = 128
     max_concurrent_steps: int = 2
 
     def __post_init__(self):
@@ -93,9 +96,28 @@ def unsupported_reason(*, element_dtype, block_k: int, block_n: int = 1, layout:
         return f"padded {np_=} must be a multiple of tile_n={tn}"
     if block_k < kp and tk % block_k and block_k % tk:
         return f"{block_k=} and tile_k={tk} must divide one another"
-    if block_k < kp and min(block_k, tk) // (2 if blocks.is_four_bit(edt) else 1) % 8:
-        return f"{block_k=}: a group must cover whole 8-row SMEM tiles of the decoded weight"
+    halves = 2 if blocks.is_four_bit(edt) else 1
+    # The native lowering (checked on CPU: tests lower for CUDA) keeps a step's decoded rows
+    # in WGMMA-layout register tiles of 64 rows; smaller row slices find no layout.
+    if (tk // halves) % 64:
+        return (f"tile_k={tk} gives {tk // halves} decoded rows per step: the Mosaic GPU kernel "
+                f"needs a multiple of 64 ({'tile_k=128 for 4-bit codes' if halves == 2 else 'tile_k >= 64'})")
+    if block_k < kp and (min(block_k, tk) // halves) % 64:
+        return (f"{block_k=}: a scale group must cover whole 64-row register tiles of the "
+                f"decoded weight (group >= {64 * halves} here)")
+    if (need := _smem_bytes(config, halves)) > _SMEM_LIMIT:
+        return f"the tiles need ~{need} bytes of shared memory > {_SMEM_LIMIT}: use smaller tiles"
     return None
+
+
+_SMEM_LIMIT = 232448  # Hopper's per-block maximum (opt-in), as Mosaic GPU reports it
+
+
+def _smem_bytes(config: MosaicConfig, halves: int) -> int:
+    """Shared memory of one CTA (bf16 output; Mosaic GPU itself refuses an f32 output that
+    does not fit): pipelined x, code and scale/zero tiles, the decoded tile, the output."""
+    tm, tn, tk, steps = config.tile_m, config.tile_n, config.tile_k, config.max_concurrent_steps
+    return steps * (tm * tk * 2 + tk // halves * tn + 2 * tn * 4) + tk * tn * 2 + tm * tn * 2 + 1024
 
 
 def _decode(codes: jax.Array, element_dtype) -> jax.Array:

@@ -92,7 +92,7 @@ def test_explicit_pallas_without_gpu_or_interpret_raises_with_reason():
         lj.qmatmul(rand(2, 128, dtype=jnp.bfloat16), q, impl="pallas")
 
 
-@pytest.mark.parametrize("recipe", ["w8a16", "w4a16", "w4a16-uint4-g64"])
+@pytest.mark.parametrize("recipe", ["w8a16", "w4a16", "w4a16-uint4"])
 def test_mosaic_weight_only_path(recipe, interpret):
     """impl="mosaic" (Mosaic GPU wgmma kernel) through qmatmul, in GPU interpret mode on CPU."""
     r = lj.get_recipe(recipe)

@@ -24,9 +24,16 @@ from pallas_kernels.weight_only.mosaic_kernel import (
 from pallas_kernels.weight_only.reference import weight_only_matmul_reference
 
 INT8_ZEROS = dataclasses.replace(testing.CASES_BY_LABEL["int8"], label="int8-zeros", zeros=True)
-CASES = [testing.CASES_BY_LABEL[c] for c in ("int8", "int4-g32", "int4-g64", "int4-g128",
-                                              "uint4-g128", "uint4-g32")] + [INT8_ZEROS]
+INT8_G64 = dataclasses.replace(testing.CASES_BY_LABEL["int8"], label="int8-g64", block_k=64)
+INT8_G128 = dataclasses.replace(testing.CASES_BY_LABEL["int8"], label="int8-g128", block_k=128)
+CASES = [testing.CASES_BY_LABEL[c] for c in ("int8", "int4-g128", "uint4-g128")] + [
+    INT8_ZEROS, INT8_G64]
 SMALL = MosaicConfig(tile_m=64, tile_n=64, tile_k=64)
+SMALL4 = MosaicConfig(tile_m=64, tile_n=64, tile_k=128)  # 4-bit: 64 decoded rows per step
+
+
+def small(case):
+    return SMALL4 if blocks.is_four_bit(case.element_dtype) else SMALL
 
 
 def _tolerance(x, w_f32, out_dtype, k, case):
@@ -66,27 +73,38 @@ def _check(case, m, k, n, config, interpret, out_dtype=jnp.bfloat16, seed=0):
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.label)
 def test_matches_reference(case, interpret):
     # M = 70: two M tiles, the second mostly padding; N = 128: two N tiles.
-    _check(case, 70, 256, 128, SMALL, interpret)
+    _check(case, 70, 256, 128, small(case), interpret)
 
 
-@pytest.mark.parametrize("label,tile_k", [("int4-g32", 128), ("int4-g128", 32),
-                                          ("uint4-g128", 32), ("int8", 128)])
-def test_step_vs_group(label, tile_k, interpret):
-    """Steps covering several groups (tile_k > block_k) and lying inside one (tile_k < block_k)."""
+@pytest.mark.parametrize("case,tile_k", [(INT8_G64, 128), (INT8_G128, 64), (INT8_G128, 128)],
+                         ids=lambda v: getattr(v, "label", v))
+def test_step_vs_group(case, tile_k, interpret):
+    """Steps covering several groups (tile_k > block_k), lying inside one (tile_k < block_k)
+    and equal to one."""
     cfg = MosaicConfig(tile_m=64, tile_n=64, tile_k=tile_k)
-    _check(testing.CASES_BY_LABEL[label], 64, 256, 64, cfg, interpret, seed=3)
+    _check(case, 64, 256, 64, cfg, interpret, seed=3)
 
 
-@pytest.mark.parametrize("label", ["int8", "uint4-g32"])
+@pytest.mark.parametrize("label", ["int8", "uint4-g128"])
 def test_f32_out_and_larger_tiles(label, interpret):
-    cfg = MosaicConfig(tile_m=128, tile_n=128, tile_k=64, max_concurrent_steps=3)
+    cfg = MosaicConfig(tile_m=128, tile_n=128, tile_k=128, max_concurrent_steps=3)
     _check(testing.CASES_BY_LABEL[label], 130, 384, 128, cfg, interpret, out_dtype=jnp.float32,
            seed=5)
 
 
 def test_unsupported_reasons():
-    kw = dict(block_k=128, kp=256, np_=128, config=SMALL)
+    kw = dict(block_k=128, kp=256, np_=128, config=SMALL4)
     assert unsupported_reason(element_dtype=jnp.int4, **kw) is None
+    # Natively a step's decoded rows and a group's rows come in 64-row register tiles.
+    assert "multiple of 64" in unsupported_reason(element_dtype=jnp.int4, block_k=128, kp=256,
+                                                  np_=128, config=SMALL)
+    assert "64-row" in unsupported_reason(element_dtype=jnp.uint4, block_k=32, kp=256, np_=128,
+                                          config=SMALL4)
+    assert "64-row" in unsupported_reason(element_dtype=jnp.int8, block_k=32, kp=256, np_=128,
+                                          config=SMALL)
+    assert "shared memory" in unsupported_reason(
+        element_dtype=jnp.int8, block_k=1024, kp=1024, np_=512,
+        config=MosaicConfig(tile_m=256, tile_n=256, tile_k=128, max_concurrent_steps=3))
     assert "element_dtype" in unsupported_reason(element_dtype=jnp.float8_e4m3fn, **kw)
     assert "tile_k" in unsupported_reason(element_dtype=jnp.int8, block_k=300, kp=300,
                                           np_=128, config=SMALL)
@@ -95,3 +113,25 @@ def test_unsupported_reasons():
     assert "block_n" in unsupported_reason(element_dtype=jnp.int8, block_n=128, **kw)
     with pytest.raises(ValueError, match="tile_k"):
         MosaicConfig(tile_k=48)
+
+
+@pytest.mark.parametrize("case,config", [
+    (testing.CASES_BY_LABEL["int8"], SMALL),
+    (INT8_ZEROS, MosaicConfig()),
+    (INT8_G64, MosaicConfig(tile_m=128, tile_n=256, tile_k=64)),
+    (testing.CASES_BY_LABEL["int4-g128"], MosaicConfig()),
+    (testing.CASES_BY_LABEL["uint4-g128"], SMALL4),
+], ids=lambda v: getattr(v, "label", None) or f"{v.tile_m}x{v.tile_n}x{v.tile_k}")
+def test_lowers_for_cuda_without_a_gpu(case, config):
+    """The native (non-interpret) Pallas -> Mosaic GPU lowering for CUDA, run on this machine:
+    layouts, transforms and wgmma operand checks are done here, so a kernel that lowers has
+    only the final PTX compile left for the GPU."""
+    k, n = 512, 512
+    w = testing.random_weight(jax.random.key(0), case, k, n)
+    static = dict(element_dtype=w["element_dtype"], block_k=w["block_k"], k=k, n=n)
+    assert unsupported_reason(element_dtype=w["element_dtype"], block_k=w["block_k"], kp=k, np_=n,
+                              config=config) is None
+    f = jax.jit(lambda x, v, s, z: weight_only_matmul_mosaic(x, v, s, z, config=config, **static))
+    x = jax.ShapeDtypeStruct((300, k), jnp.bfloat16)
+    text = f.trace(x, w["values"], w["scales"], w["zeros"]).lower(lowering_platforms=("cuda",)).as_text()
+    assert "mosaic_gpu" in text
