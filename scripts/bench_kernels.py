@@ -198,11 +198,7 @@ def bench_sweep(args) -> list[Row]:
             for m in args.ms:
                 x = jax.random.normal(jax.random.key(m), (m, k), jnp.bfloat16)
                 ref = weight_only_matmul(x, *_arrays(ws[0]), **st, impl="xla", out_dtype=jnp.float32)
-                kdim = 0 if layout == "kn" else 1
-                kp = ws[0]["values"].shape[kdim] * (2 if case.element_dtype in (jnp.int4, jnp.uint4, jnp.float4_e2m1fn) else 1)
-                spec = wcfg.WeightSpec(element_dtype=jnp.dtype(case.element_dtype), scale_dtype=jnp.dtype(case.scale_dtype),
-                                       block_k=st["block_k"], block_n=st["block_n"], layout=layout, k=k, n=n, kp=kp, np_=n,
-                                       has_zeros=ws[0]["zeros"] is not None, has_global_scale=ws[0]["global_scale"] is not None)
+                spec = testing.weight_spec(ws[0])
                 cfgs = [None] + list(_sweep_configs(m) if args.sweep_all else _decode_kernel_configs(m))
                 kgemv_seen = set()
                 for cfg in cfgs:

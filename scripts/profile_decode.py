@@ -40,13 +40,7 @@ def main(argv=None):
         cfg = wcfg.TileConfig(kernel=kind, block_m=int(bm), block_n=int(bn), block_k=int(bk),
                               unroll=int(u), num_warps=int(nw), num_stages=1 if kind == "kgemv" else 4,
                               x_mode=int(xm[0]) if xm else 1)
-        kdim = 0 if a.layout == "kn" else 1
-        kp = w["values"].shape[kdim] * (2 if w["values"].dtype == jnp.uint8 else 1)
-        spec = wcfg.WeightSpec(element_dtype=jnp.dtype(case.element_dtype), scale_dtype=w["scales"].dtype,
-                               block_k=w["block_k"], block_n=w["block_n"], layout=a.layout, k=k, n=n,
-                               kp=kp, np_=n, has_zeros=w["zeros"] is not None,
-                               has_global_scale=w["global_scale"] is not None)
-        cfg = dataclasses.replace(cfg, split_k=wcfg.split_for(spec, cfg, a.m))
+        cfg = dataclasses.replace(cfg, split_k=wcfg.split_for(testing.weight_spec(w), cfg, a.m))
         print(cfg)
     x = jax.random.normal(jax.random.key(1), (a.m, k), jnp.bfloat16)
     f = jax.jit(lambda x, *arr: weight_only_matmul(x, *arr, **static, impl="triton", config=cfg))

@@ -74,12 +74,7 @@ def report_case(label: str, k: int, n: int, m: int, layout: str, device_kind: st
     for `device_kind`; an explicit one gets the chooser's split rule) and report it."""
     case = testing.CASES_BY_LABEL[label]
     w = testing.random_weight(jax.random.key(0), case, k, n, layout=layout)
-    kdim = 0 if layout == "kn" else 1
-    kp = w["values"].shape[kdim] * (2 if w["values"].dtype == jnp.uint8 else 1)
-    spec = wcfg.WeightSpec(element_dtype=jnp.dtype(case.element_dtype), scale_dtype=w["scales"].dtype,
-                           block_k=w["block_k"], block_n=w["block_n"], layout=layout, k=k, n=n, kp=kp,
-                           np_=w["values"].shape[1 - kdim], has_zeros=w["zeros"] is not None,
-                           has_global_scale=w["global_scale"] is not None)
+    spec = testing.weight_spec(w)
     if config is None:
         cfg = wcfg.choose_config(m, spec, device_kind=device_kind)
     else:

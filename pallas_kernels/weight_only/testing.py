@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pallas_kernels import blocks
+from pallas_kernels.weight_only.config import WeightSpec
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,3 +91,15 @@ def random_weight(key, case: WeightCase, k: int, n: int, layout: str = "kn") -> 
 def stored_bytes(w: dict) -> int:
     return sum(int(np.prod(a.shape)) * a.dtype.itemsize
                for a in (w["values"], w["scales"], w["zeros"]) if a is not None)
+
+
+def weight_spec(w: dict) -> WeightSpec:
+    """The kernels' static description of a `random_weight` (padded sizes read off the arrays,
+    as `api.weight_only_matmul` does)."""
+    kdim = 0 if w["layout"] == "kn" else 1
+    values = w["values"]
+    return WeightSpec(element_dtype=jnp.dtype(w["element_dtype"]), scale_dtype=jnp.dtype(w["scales"].dtype),
+                      block_k=w["block_k"], block_n=w["block_n"], layout=w["layout"], k=w["k"], n=w["n"],
+                      kp=values.shape[kdim] * (2 if blocks.is_four_bit(w["element_dtype"]) else 1),
+                      np_=values.shape[1 - kdim], has_zeros=w["zeros"] is not None,
+                      has_global_scale=w["global_scale"] is not None)

@@ -89,10 +89,8 @@ def test_kgemv_math_matches_reference(label, k, m):
     n = 48
     w = testing.random_weight(jax.random.key(k + m), case, k, n, layout="nk")
     x = jax.random.normal(jax.random.key(7 * m), (m, k), jnp.float32).astype(jnp.bfloat16)
-    kp = w["values"].shape[1] * 2
-    spec = wcfg.WeightSpec(element_dtype=jnp.dtype(case.element_dtype), scale_dtype=w["scales"].dtype,
-                           block_k=w["block_k"], block_n=1, layout="nk", k=k, n=n, kp=kp, np_=n,
-                           has_zeros=w["zeros"] is not None)
+    spec = testing.weight_spec(w)
+    kp = spec.kp
     bk = min(128, w["block_k"])
     cfg = wcfg.TileConfig(kernel="kgemv", block_m=1, block_n=64, block_k=bk)
     assert cfg.check(spec) is None
