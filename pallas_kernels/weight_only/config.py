@@ -109,7 +109,8 @@ class TileConfig:
     num_stages: int = 3
     fast_decode: bool = True
     pre_scale: bool = False  # scale the tile before the dot even inside one block (prefill)
-    x_mode: int = 1  # 4-bit, Triton: 0 split a loaded x tile, 1 load even/odd k, 2 interleave w
+    x_mode: int = 1  # 4-bit, Triton: 0 split a loaded x tile, 1 load even/odd k, 2 interleave w,
+    #                  3 (swapab) x reordered per K tile into [even k; odd k] by XLA, two dots
     kernel: str = "dot"  # Triton: "dot" (x @ W tiles), "gemv" (one x row per program),
     #                      "fma" (GEMV over <= 8 rows), "swapab" (W^T x^T on tensor cores),
     #                      "kgemv" (K-contiguous FMA GEMV over <= 8 rows, f32 upcast)
@@ -129,6 +130,10 @@ class TileConfig:
             raise ValueError(f"kernel='gemv' handles one row of x per program: block_m={self.block_m} must be 1")
         if self.kernel in ("fma", "kgemv") and self.block_m > 8:
             raise ValueError(f"kernel={self.kernel!r} unrolls over rows: block_m={self.block_m} must be <= 8")
+        if self.x_mode not in (0, 1, 2, 3):
+            raise ValueError(f"x_mode={self.x_mode} must be 0, 1, 2 or 3")
+        if self.x_mode == 3 and self.kernel != "swapab":
+            raise ValueError(f"x_mode=3 (x reordered into even/odd k) is a 'swapab' mode, not {self.kernel!r}'s")
         if self.kernel == "swapab" and self.block_m < 16:
             raise ValueError(f"kernel='swapab' needs block_m={self.block_m} >= 16 (tensor-core tile)")
 
@@ -144,7 +149,13 @@ class TileConfig:
             # Seen on an H200 (triton 3.6.0, GPU test): wrong results for e4m3 codes as the
             # register operand of a warpgroup dot with 64 rows of x; 16 rows are right.
             return f"kernel='swapab' with e4m3 codes needs block_m <= 16 (got {self.block_m})"
-        if self.kernel != "dot" and not (bk >= spec.kp or bk % tk == 0):
+        if self.kernel == "swapab" and self.block_m > 128 and spec.element_dtype == jnp.dtype(jnp.int8):
+            # Seen on an H200 (triton 3.6.0, bench sweep at K=8192): int8 codes as the register
+            # operand with 256 rows of x give wrong results (norm error 1.8e-2 with Triton's
+            # conversion, 3e3 with the PTX upcast); 128 rows are right.
+            return f"kernel='swapab' with int8 codes needs block_m <= 128 (got {self.block_m})"
+        spans = not (bk >= spec.kp or bk % tk == 0)  # the tile covers several scale blocks
+        if spans and not (self.kernel == "dot" or (self.kernel == "swapab" and self.pre_scale)):
             return f"kernel={self.kernel!r} needs the tile K={tk} inside one scale block (block_k={bk})"
         if self.kernel == "kgemv" and spec.kp % tk:
             return f"kernel='kgemv' needs padded kp={spec.kp} to be a multiple of the tile K={tk}"
@@ -194,10 +205,10 @@ def spec_key(spec: WeightSpec) -> str:
                      spec.block_n, spec.layout)
 
 
-def m_bucket(m: int) -> str | None:
-    """Decode M buckets of the tuned table (tuned at M=1 and M=16; a one-row GEMV re-reads
-    the weight per row, so the M=1 entry serves M <= 2 only)."""
-    return "m1" if m <= 2 else ("m16" if m <= 64 else None)
+def m_bucket(m: int) -> str:
+    """M buckets of the tuned table: decode tuned at M=1 and M=16 (a one-row GEMV re-reads
+    the weight per row, so the M=1 entry serves M <= 2 only), prefill at M=1024."""
+    return "m1" if m <= 2 else ("m16" if m <= 64 else "prefill")
 
 
 def device_slug(device_kind: str) -> str:
@@ -215,7 +226,7 @@ def tuned_table(device_kind: str) -> dict:
 def tuned_config(m: int, spec: WeightSpec, device_kind: str) -> TileConfig | None:
     """The tuned decode config for (spec, M) on `device_kind`, adapted to M, or None."""
     bucket = m_bucket(m)
-    fields = tuned_table(device_kind).get(spec_key(spec), {}).get(bucket) if bucket else None
+    fields = tuned_table(device_kind).get(spec_key(spec), {}).get(bucket)
     if not fields:
         return None
     fields = dict(fields)
@@ -225,10 +236,11 @@ def tuned_config(m: int, spec: WeightSpec, device_kind: str) -> TileConfig | Non
         if m > 8:
             return None
         fields["block_m"] = 1 << max(0, (m - 1).bit_length())
-    elif fields["kernel"] == "swapab":
+    elif fields["kernel"] == "swapab" and bucket != "prefill":
         fields["block_m"] = 16 if m <= 16 else (32 if m <= 32 else 64)
     cfg = TileConfig(**fields)
-    cfg = dataclasses.replace(cfg, split_k=split_for(spec, cfg, m))
+    if bucket != "prefill":  # prefill: f32 partial sums of an (M, N) output cost more than they fill
+        cfg = dataclasses.replace(cfg, split_k=split_for(spec, cfg, m))
     return None if cfg.check(spec) else cfg
 
 
@@ -253,6 +265,15 @@ def choose_config(m: int, spec: WeightSpec, *, backend: str = "triton",
         block_m, block_n, tk, num_warps, stages = 64, 128, 64, 4, 4
     else:  # prefill: tensor-core bound (128x256x64, 8 warps, 3 stages: best of the sweep)
         block_m, block_n, tk, num_warps, stages = 128, 256, 64, 8, 3
+    kernel, x_mode = "dot", 2
+    if m > 128 and backend == "triton" and spec.element_dtype != jnp.dtype(jnp.float8_e4m3fn):
+        # Swap-AB: the pre-scaled weight tile is the warpgroup dot's register operand, so it
+        # never goes through shared memory (1.5-1.8x the `dot` tile on 4-bit codes at
+        # M=1024, H200, BENCHMARKS.md); e4m3 codes give wrong results there (`check`).
+        kernel, block_m, block_n, tk, num_warps, stages = "swapab", 128, 128, 64, 8, 4
+        x_mode = 3 if spec.four_bit else 1
+        if not spec.four_bit:  # int8: a 128-long K step, 3 stages (1.1x the 64-long one)
+            tk, stages = 128, 3
     if spec.block_n > 1:
         block_n = min(block_n, 1 << (spec.block_n.bit_length() - 1))
         while spec.block_n % block_n:
@@ -289,4 +310,4 @@ def choose_config(m: int, spec: WeightSpec, *, backend: str = "triton",
                 split //= 2
     return TileConfig(block_m=block_m, block_n=block_n, block_k=tk, split_k=split,
                       num_warps=num_warps, num_stages=stages, pre_scale=m > 64,
-                      x_mode=2)
+                      x_mode=x_mode, kernel=kernel)

@@ -9,6 +9,7 @@ reference on the *same* stored arrays, which isolates kernel error from quantiza
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -103,3 +104,21 @@ def weight_spec(w: dict) -> WeightSpec:
                       kp=values.shape[kdim] * (2 if blocks.is_four_bit(w["element_dtype"]) else 1),
                       np_=values.shape[1 - kdim], has_zeros=w["zeros"] is not None,
                       has_global_scale=w["global_scale"] is not None)
+
+
+def tolerance(x, w_f32, out_dtype, k) -> tuple[float, float]:
+    """(rel, abs): the elementwise bound rel * |reference| + abs on |kernel - reference|.
+
+    Output rounding: half an ulp of out_dtype relative to |ref| (doubled for margin).
+    Contraction: the kernel rounds scaled weights to bf16 before the dot when a tile spans
+    several scale blocks (relative 2**-9 per term) and sums in a different order; those
+    per-term errors have random signs, so they grow like sqrt(K) times rms(x) * rms(w).
+    The bound allows 2**-6 of that (8 standard deviations of the 2**-9 rounding): real-width
+    prefill checks take the maximum over ~1.5M outputs, where 4 deviations are exceeded
+    (seen on an H200: uint4-g128 at M=1024 failed 2**-7). A wrong kernel is off by O(1).
+    """
+    eps_out = {jnp.dtype(jnp.bfloat16): 2.0**-8, jnp.dtype(jnp.float16): 2.0**-10,
+               jnp.dtype(jnp.float32): 2.0**-20}[jnp.dtype(out_dtype)]
+    xr = float(jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32)))))
+    wr = float(jnp.sqrt(jnp.mean(jnp.square(w_f32))))
+    return eps_out, 2.0**-6 * math.sqrt(k) * xr * wr

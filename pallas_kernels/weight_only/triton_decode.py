@@ -156,30 +156,73 @@ if triton is not None:
         acc = tl.zeros((BN, BM), dtype=tl.float32)
         xacc = tl.zeros((1, BM), dtype=tl.float32)
         k_begin = pid_s * KS
+        R: tl.constexpr = BK if SBK > BK else SBK  # rows of one scale block inside a tile
+        G: tl.constexpr = BK // R  # scale blocks per tile (MODE 2)
         for ki in range(0, KS, BK):
             kk = k_begin + ki
             offs_k = kk + tl.arange(0, BK)
-            xt = tl.load(x_ptr + offs_k[:, None] * sxk + offs_m[None, :] * sxm,
-                         mask=(offs_k[:, None] < K) & m_ok[None, :], other=0.0)
+            if FOUR and XMODE == 3:  # x reordered per K tile into [even k; odd k] (`swap_x`)
+                offs_h = kk + tl.arange(0, BK // 2)  # x is zero-padded to whole K tiles
+                xm = (kk < K) & m_ok[None, :]
+                xe = tl.load(x_ptr + offs_h[:, None] * sxk + offs_m[None, :] * sxm, mask=xm, other=0.0)
+                xo = tl.load(x_ptr + (offs_h + BK // 2)[:, None] * sxk + offs_m[None, :] * sxm,
+                             mask=xm, other=0.0)
+            else:
+                xt = tl.load(x_ptr + offs_k[:, None] * sxk + offs_m[None, :] * sxm,
+                             mask=(offs_k[:, None] < K) & m_ok[None, :], other=0.0)
             if FOUR:
                 rows = kk // 2 + tl.arange(0, BK // 2)
                 w = tl.load(w_ptr + offs_n[:, None] * swn + rows[None, :] * swk,
                             mask=n_ok[:, None] & (rows[None, :] < (K + 1) // 2), other=0)
                 lo, hi = _decode_tile(w, ELEM, FAST, XT)
-                wt = tl.reshape(tl.join(lo.to(XT), hi.to(XT)), (BN, BK))
             else:
                 w = tl.load(w_ptr + offs_n[:, None] * swn + offs_k[None, :] * swk,
                             mask=n_ok[:, None] & (offs_k[None, :] < K), other=0)
-                wt, _ = _decode_tile(w, ELEM, False, XT)
-            d = tl.dot(wt.to(XT), xt, out_dtype=tl.float32)
-            xs = tl.sum(xt.to(tl.float32), axis=0)[None, :]
+                lo, _ = _decode_tile(w, ELEM, FAST, XT)
+            if MODE == 2:
+                # Prefill: the scales (and offsets) go into the decoded tile, w = code * s + c
+                # with c = -(zero + offset) * s, one FMA per element; the dots then chain on
+                # one accumulator across all of K (a fresh product per tile would make every
+                # step wait for its tensor-core result).
+                srows = kk // SBK + tl.arange(0, G)
+                s_ok = n_ok[:, None] & (srows[None, :] * SBK < K)
+                s2, z2 = _load_scales(s_ptr, z_ptr, srows[None, :], scol[:, None], s_ok, ssk, ssn,
+                                      SCALE, HAS_Z, FACTOR, OFFSET)
+                c2 = -z2 * s2
+                HR: tl.constexpr = R // 2 if FOUR else R  # decoded columns per scale block
+                sf = tl.reshape(tl.broadcast_to(s2[:, :, None], (BN, G, HR)), (BN, G * HR))
+                cf = tl.reshape(tl.broadcast_to(c2[:, :, None], (BN, G, HR)), (BN, G * HR))
+                lo = (lo.to(tl.float32) * sf + cf).to(XT)
+                if FOUR:
+                    hi = (hi.to(tl.float32) * sf + cf).to(XT)
+            if FOUR and XMODE == 3:
+                a1, b1, a2, b2 = lo, xe, hi, xo
+            elif FOUR:
+                a1, b1 = tl.reshape(tl.join(lo.to(XT), hi.to(XT)), (BN, BK)), xt
+            else:
+                a1, b1 = lo, xt
+            if MODE != 1:  # one accumulator chained across K
+                acc = tl.dot(a1.to(XT), b1, acc=acc, out_dtype=tl.float32)
+                if FOUR and XMODE == 3:
+                    acc = tl.dot(a2.to(XT), b2, acc=acc, out_dtype=tl.float32)
+            else:
+                d = tl.dot(a1.to(XT), b1, out_dtype=tl.float32)
+                if FOUR and XMODE == 3:
+                    d = tl.dot(a2.to(XT), b2, acc=d, out_dtype=tl.float32)
             if MODE == 1:
                 s, z = _load_scales(s_ptr, z_ptr, kk // SBK, scol, n_ok & (kk < K), ssk, ssn,
                                     SCALE, HAS_Z, FACTOR, OFFSET)
-                acc += (d - z[:, None] * xs) * s[:, None]
-            else:
-                acc += d
-                xacc += xs
+            if MODE != 2 and (HAS_Z or OFFSET != 0):  # the offset / zero correction: sums of x
+                if FOUR and XMODE == 3:
+                    xs = tl.sum(xe.to(tl.float32), axis=0)[None, :] + tl.sum(xo.to(tl.float32), axis=0)[None, :]
+                else:
+                    xs = tl.sum(xt.to(tl.float32), axis=0)[None, :]
+                if MODE == 0:
+                    xacc += xs
+                else:
+                    d -= z[:, None] * xs
+            if MODE == 1:
+                acc += d * s[:, None]
         if MODE == 0:
             s, z = _load_scales(s_ptr, z_ptr, 0, scol, n_ok, ssk, ssn, SCALE, HAS_Z, FACTOR, OFFSET)
             acc = (acc - z[:, None] * xacc) * s[:, None]
@@ -358,25 +401,36 @@ if triton is not None:
             o_ptrs = o_ptr + pid_s * sos + offs_m[:, None] * som + offs_n[None, :]
             tl.store(o_ptrs, acc.to(o_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
+def even_odd(x, block_k: int):
+    """(M, K) -> (M, K') with K' the multiple of block_k at or above K (zero padding): each K
+    tile of block_k reordered into [even k; odd k], the order of a tile of packed nibbles
+    decoded into its low and high halves. XLA does it once per call (x is small next to W)."""
+    m, k = x.shape
+    kr = -(-k // block_k) * block_k
+    t = jnp.pad(x, ((0, 0), (0, kr - k))).reshape(m, kr // block_k, block_k)
+    return jnp.concatenate([t[..., 0::2], t[..., 1::2]], axis=-1).reshape(m, kr)
+
+
 def kgemv_x(x, spec, cfg, fast4: bool):
-    """`kgemv`'s view of x, made by XLA once per call (x is tiny next to W): f32, K padded,
-    and for 4-bit codes each K tile reordered [even k; odd k] so a thread's K run of x is one
-    vector load. With the f32 nibble upcast (`fast4`) even k are scaled by 2 and odd k by
-    1/8 and `cb` holds the 128 offsets' share; `xs` is the per-tile sum of x (zero points).
+    """`kgemv`'s view of x: f32, K padded to kp, and for 4-bit codes each K tile reordered
+    [even k; odd k] (`even_odd`) so a thread's K run of x is one vector load. With the f32
+    nibble upcast (`fast4`) even k are scaled by 2 and odd k by 1/8 and `cb` holds the 128
+    offsets' share; `xs` is the per-tile sum of x (zero points).
     Returns (x (M, kp), cb (M, tiles), xs (M, tiles))."""
     m = x.shape[0]
     bk = cfg.block_k
     nt = spec.kp // bk
-    t = jnp.pad(x.astype(jnp.float32), ((0, 0), (0, spec.kp - spec.k))).reshape(m, nt, bk)
+    x = jnp.pad(x.astype(jnp.float32), ((0, 0), (0, spec.kp - spec.k)))
     if not spec.four_bit:
-        return t.reshape(m, spec.kp), jnp.zeros((m, nt), jnp.float32), t.sum(-1)
-    e, o = t[..., 0::2], t[..., 1::2]
-    se, so = e.sum(-1), o.sum(-1)
+        return x, jnp.zeros((m, nt), jnp.float32), x.reshape(m, nt, bk).sum(-1)
+    t = even_odd(x, bk).reshape(m, nt, 2, bk // 2)
+    se, so = t[:, :, 0].sum(-1), t[:, :, 1].sum(-1)
     if fast4:
-        cb, e, o = 256.0 * se + 16.0 * so, e * 2.0, o * 0.125
+        cb = 256.0 * se + 16.0 * so
+        t = t * jnp.array([2.0, 0.125], jnp.float32)[:, None]
     else:
         cb = jnp.zeros_like(se)
-    return jnp.concatenate([e, o], axis=-1).reshape(m, spec.kp), cb, se + so
+    return t.reshape(m, spec.kp), cb, se + so
 
 
 def kgemv_args(x, arrays, ints, consts, *, spec, cfg):

@@ -8,7 +8,6 @@ runs natively under `-m gpu`, where the Triton kernel is tested too.
 
 from __future__ import annotations
 
-import math
 
 import jax
 import jax.numpy as jnp
@@ -22,24 +21,6 @@ from pallas_kernels.weight_only import testing
 CASES = testing.WEIGHT_CASES
 # (m, k, n): odd M; K off the tile (and, per channel, odd); N off the 128 tile.
 SMALL_SHAPES = ((5, 320, 96), (1, 192, 64), (17, 301, 48))
-
-
-def _tolerance(x, w_f32, out_dtype, k):
-    """Elementwise bound on |kernel - reference|.
-
-    Output rounding: half an ulp of out_dtype relative to |ref| (doubled for margin).
-    Contraction: the kernel rounds scaled weights to bf16 before the dot when a tile spans
-    several scale blocks (relative 2**-9 per term) and sums in a different order; those
-    per-term errors have random signs, so they grow like sqrt(K) times rms(x) * rms(w).
-    The bound allows 2**-6 of that (8 standard deviations of the 2**-9 rounding): real-width
-    prefill checks take the maximum over ~1.5M outputs, where 4 deviations are exceeded
-    (seen on an H200: uint4-g128 at M=1024 failed 2**-7). A wrong kernel is off by O(1).
-    """
-    eps_out = {jnp.dtype(jnp.bfloat16): 2.0**-8, jnp.dtype(jnp.float16): 2.0**-10,
-               jnp.dtype(jnp.float32): 2.0**-20}[jnp.dtype(out_dtype)]
-    xr = float(jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32)))))
-    wr = float(jnp.sqrt(jnp.mean(jnp.square(w_f32))))
-    return eps_out, 2.0**-6 * math.sqrt(k) * xr * wr
 
 
 def _check(case, m, k, n, layout, impl, interpret, out_dtype=jnp.bfloat16, seed=0, config=None):
@@ -60,7 +41,7 @@ def _check(case, m, k, n, layout, impl, interpret, out_dtype=jnp.bfloat16, seed=
     wf = blocks.dequantize_blocks(w["values"], w["scales"], w["zeros"], w["global_scale"],
                                   element_dtype=w["element_dtype"], block_k=w["block_k"],
                                   block_n=w["block_n"], layout=layout, k=k, n=n)
-    rel, abs_ = _tolerance(x, wf, out_dtype, k)
+    rel, abs_ = testing.tolerance(x, wf, out_dtype, k)
     out32 = np.asarray(out.astype(jnp.float32))
     ref = np.asarray(ref)
     assert np.all(np.isfinite(out32))

@@ -22,6 +22,8 @@ def table(tmp_path, monkeypatch):
         wcfg.table_key(jnp.int4, 128, 1, "kn"): {
             "m1": dict(kernel="gemv", block_m=1, block_n=256, block_k=32, num_warps=4, num_stages=6),
             "m16": dict(kernel="swapab", block_m=16, block_n=128, block_k=64, num_warps=4, num_stages=4),
+            "prefill": dict(kernel="swapab", block_m=256, block_n=128, block_k=64, num_warps=8,
+                            num_stages=3, x_mode=3, pre_scale=True),
         },
         wcfg.table_key(jnp.int8, None, 1, "kn"): {
             "m1": dict(kernel="fma", block_m=1, block_n=128, block_k=128, num_warps=4, num_stages=4),
@@ -46,8 +48,18 @@ def test_tuned_entries_adapt_to_m(table, m, kernel, block_m):
     assert cfg.check(spec()) is None and cfg.split_k >= 1
 
 
-def test_prefill_and_unknown_devices_use_the_heuristic(table):
-    assert wcfg.choose_config(1024, spec(), device_kind=table).kernel == "dot"
+def test_prefill_entries_keep_their_tile(table):
+    for m in (65, 1024, 4096):
+        cfg = wcfg.choose_config(m, spec(), device_kind=table)
+        assert (cfg.kernel, cfg.block_m, cfg.x_mode, cfg.pre_scale, cfg.split_k) == ("swapab", 256, 3, True, 1)
+
+
+def test_unknown_devices_and_missing_entries_use_the_heuristic(table):
+    prefill = wcfg.choose_config(1024, spec(jnp.int8, None), device_kind=table)
+    assert (prefill.kernel, prefill.x_mode, prefill.pre_scale) == ("swapab", 1, True)
+    assert wcfg.choose_config(1024, spec(jnp.uint4, 32), device_kind="Other GPU").x_mode == 3
+    assert wcfg.choose_config(1024, spec(jnp.float8_e4m3fn, None), device_kind=table).kernel == "dot"
+    assert wcfg.choose_config(1024, spec(), backend="pallas").kernel == "dot"
     assert wcfg.choose_config(1, spec(), device_kind="Other GPU").kernel == "dot"
     assert wcfg.choose_config(1, spec(), device_kind=None).kernel == "dot"
     assert wcfg.choose_config(1, spec(), backend="pallas", device_kind=table).kernel == "dot"
@@ -66,6 +78,8 @@ def test_fma_rows_and_invalid_entries(table):
     (dict(kernel="fma", block_m=16), "block_m=16 must be <= 8"),
     (dict(kernel="swapab", block_m=8), "block_m=8 >= 16"),
     (dict(kernel="wgmma", block_m=16), "kernel='wgmma'"),
+    (dict(kernel="dot", block_m=16, x_mode=3), "x_mode=3"),
+    (dict(kernel="swapab", block_m=16, x_mode=4), "x_mode=4"),
 ])
 def test_decode_tile_validation(kw, msg):
     with pytest.raises(ValueError, match=msg):
@@ -76,6 +90,9 @@ def test_decode_kernels_need_the_tile_inside_one_scale_block():
     cfg = wcfg.TileConfig(kernel="gemv", block_m=1, block_n=128, block_k=256)
     assert "inside one scale block" in cfg.check(spec())
     assert cfg.check(spec(jnp.int8, None)) is None  # per channel: any tile
+    # swap-AB scaling the decoded tile (prefill) may span several blocks; scaling its dot may not
+    assert wcfg.TileConfig(kernel="swapab", block_m=64, block_n=128, block_k=256, pre_scale=True).check(spec()) is None
+    assert "inside one scale block" in wcfg.TileConfig(kernel="swapab", block_m=64, block_n=128, block_k=256).check(spec())
 
 
 def test_committed_tables_are_valid():
@@ -84,7 +101,7 @@ def test_committed_tables_are_valid():
         assert wcfg.device_slug(data["device_kind"]) == path.stem
         for key, buckets in data["table"].items():
             for bucket, fields in buckets.items():
-                assert bucket in ("m1", "m16") and set(fields) <= set(wcfg.TUNED_FIELDS), (key, bucket)
+                assert bucket in ("m1", "m16", "prefill") and set(fields) <= set(wcfg.TUNED_FIELDS), (key, bucket)
                 wcfg.TileConfig(**fields)
 
 

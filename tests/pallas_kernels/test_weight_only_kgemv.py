@@ -2,7 +2,7 @@
 
 The kernel itself runs only on GPUs (`pytest -m gpu` covers it against the reference). What
 can be checked everywhere is the math it relies on: the nibble upcasts' inline PTX (the very
-strings the kernels assemble, executed by a small interpreter of their five opcodes), the x
+strings the kernels assemble, executed by a small interpreter of their opcodes), the x
 prologue `triton_decode.kgemv_x` (pre-scaled even/odd halves, the offset share `cb`, the tile
 sums `xs`) and the per-tile correction `(sum - cb - z * xs) * s`. Together they must give the
 reference product on fresh random stored weights.
@@ -20,10 +20,17 @@ from pallas_kernels.weight_only.triton_decode import kgemv_x
 
 
 def run_ptx(asm: str, word: np.ndarray, n_out: int) -> list[np.ndarray]:
-    """Executes the straight-line PTX of the nibble upcasts (mov, shl, shr, prmt, lop3 on
-    .b32) on a vector of 32-bit input words; returns the output registers $0..$n_out-1."""
+    """Executes the straight-line PTX of the upcasts (mov, shl, shr, xor, prmt, lop3 on .b32;
+    sub.f32; cvt.rn.bf16x2.f32) on a vector of 32-bit input words; returns the output
+    registers $0..$n_out-1."""
     regs = {f"${n_out}": word.astype(np.uint32)}
-    val = lambda tok: regs[tok] if tok in regs else np.uint32(int(tok, 0))  # noqa: E731
+
+    def val(tok):
+        if tok in regs:
+            return regs[tok]
+        return np.uint32(int(tok[2:], 16) if tok.startswith("0f") else int(tok, 0))  # 0fXXXXXXXX: f32 bits
+
+    f32 = lambda v: np.asarray(v, np.uint32).view(np.float32)  # noqa: E731
     for line in asm.strip("{}\n").split("\n"):
         op, _, rest = line.strip().rstrip(";").partition(" ")
         args = [a.strip() for a in rest.split(",")]
@@ -40,6 +47,13 @@ def run_ptx(asm: str, word: np.ndarray, n_out: int) -> list[np.ndarray]:
             src = [(a >> np.uint32(8 * i)) & np.uint32(0xFF) for i in range(4)]
             src += [(b >> np.uint32(8 * i)) & np.uint32(0xFF) for i in range(4)]
             regs[args[0]] = sum((src[(sel >> 4 * i) & 7] << np.uint32(8 * i)) for i in range(4)).astype(np.uint32)
+        elif op == "xor.b32":
+            regs[args[0]] = (val(args[1]) ^ val(args[2])).astype(np.uint32)
+        elif op == "sub.f32":
+            regs[args[0]] = (f32(val(args[1])) - f32(np.broadcast_to(val(args[2]), word.shape))).view(np.uint32)
+        elif op == "cvt.rn.bf16x2.f32":  # upper half from a, lower from b, round to nearest even
+            bf = lambda v: f32(v).astype(jnp.bfloat16).view(np.uint16).astype(np.uint32)  # noqa: E731
+            regs[args[0]] = ((bf(val(args[1])) << np.uint32(16)) | bf(val(args[2]))).astype(np.uint32)
         elif op == "lop3.b32":
             a, b, c, lut = val(args[1]), val(args[2]), val(args[3]), int(args[4], 0)
             table = {0xEA: (a & b) | c, 0x6A: (a & b) ^ c}
@@ -114,3 +128,11 @@ def test_kgemv_math_matches_reference(label, k, m):
         block_k=w["block_k"], block_n=1, layout="nk", k=k, n=n, out_dtype=jnp.float32))
     assert blocks.is_four_bit(case.element_dtype)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_int8_upcast_is_exact():
+    """The int8 -> bf16 upcast of the tensor-core kernels, on all 256 codes."""
+    codes = np.arange(-128, 128, dtype=np.int8)
+    outs = run_ptx(triton_kernel.int8_to_bf16_asm(), codes.view(np.uint32), 2)
+    got = np.stack(outs, -1).reshape(-1).view(jnp.bfloat16).astype(np.float32)
+    np.testing.assert_array_equal(got, codes.astype(np.float32))
