@@ -166,15 +166,15 @@ def _prefill_configs(m):
 
 def _decode_kernel_configs(m):
     """The decode kernels of `triton_decode`: the K-contiguous GEMV `kgemv` (M <= 8), the
-    one-row GEMV (M <= 2) and the FMA GEMV (M <= 8) without tensor cores, swap-AB (M >= 4)
-    and `dot` tiles (even/odd x dots or interleaved nibbles) with them. Tile K 16..128, so some tile lies inside every g16..g128 scale block
-    (`TileConfig.check` drops the others; for kgemv only the largest such tile is kept)."""
+    one-row GEMV (M <= 2) and the FMA GEMV (M <= 8) without tensor cores, swap-AB (every M;
+    x_mode 3 for 4-bit codes) and `dot` tiles (even/odd x dots or interleaved nibbles). Tile
+    K 16..256; `TileConfig.check` drops the tiles a format cannot take."""
     from pallas_kernels.weight_only.config import TileConfig
     out = []
-    if m <= 8:  # kgemv: K tile 16..128 (the one inside the scale block survives), ~512 K per step
+    if m <= 8:  # kgemv: K tile 128 (across g16/g32 blocks) or 32, ~512 K per step
         bm = 1 << max(0, (m - 1).bit_length())
         for bn, u, w in [(128, 4, 4), (64, 4, 4), (256, 4, 8), (128, 2, 4), (128, 8, 4), (64, 8, 2)]:
-            for bk in (128, 32, 16):
+            for bk in (128, 32):
                 out.append(TileConfig(block_m=bm, block_n=bn, block_k=bk, num_warps=w, num_stages=1,
                                       kernel="kgemv", unroll=u * 128 // bk))
     if m <= 2:
@@ -225,7 +225,7 @@ def bench_sweep(args) -> list[Row]:
                 spec = testing.weight_spec(ws[0])
                 cfgs = [None] + list(_sweep_configs(m) if args.sweep_all else (
                     _decode_kernel_configs(m) if m <= 64 else _prefill_configs(m)))
-                kgemv_seen, seen = set(), set()
+                seen = set()
                 for cfg in cfgs:
                     if cfg is not None and m <= 64:
                         cfg = dc.replace(cfg, split_k=wcfg.split_for(spec, cfg, m))
@@ -233,11 +233,6 @@ def bench_sweep(args) -> list[Row]:
                         cfg = dc.replace(cfg, x_mode=1)  # x modes only differ for 4-bit codes
                     if cfg is not None and cfg.check(spec):
                         continue
-                    if cfg is not None and cfg.kernel == "kgemv":  # largest K tile only
-                        tag = (cfg.block_n, cfg.num_warps, cfg.block_k * cfg.unroll)
-                        if tag in kgemv_seen:
-                            continue
-                        kgemv_seen.add(tag)
                     if cfg is not None and args.only and not re.search(args.only, cfg.kernel + f"x{cfg.x_mode}"):
                         continue
                     name = f"{layout}/" + ("default" if cfg is None else (

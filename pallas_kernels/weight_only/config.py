@@ -155,7 +155,9 @@ class TileConfig:
             # conversion, 3e3 with the PTX upcast); 128 rows are right.
             return f"kernel='swapab' with int8 codes needs block_m <= 128 (got {self.block_m})"
         spans = not (bk >= spec.kp or bk % tk == 0)  # the tile covers several scale blocks
-        if spans and not (self.kernel == "dot" or (self.kernel == "swapab" and self.pre_scale)):
+        ck = min(tk, 32 if spec.four_bit else 16, bk)  # kgemv's chunk (triton_decode.kgemv_chunk)
+        kgemv_ok = self.kernel == "kgemv" and tk % ck == 0 and bk % ck == 0
+        if spans and not (self.kernel == "dot" or (self.kernel == "swapab" and self.pre_scale) or kgemv_ok):
             return f"kernel={self.kernel!r} needs the tile K={tk} inside one scale block (block_k={bk})"
         if self.kernel == "kgemv" and spec.kp % tk:
             return f"kernel='kgemv' needs padded kp={spec.kp} to be a multiple of the tile K={tk}"

@@ -9,9 +9,12 @@ the weight at HBM bandwidth:
              "nk" (K-major), so a thread's loads are 16-byte runs along K; no tensor cores
              and no shared-memory operand. 4-bit codes become f32 with no conversion
              instruction (`_upcast_nibbles`), x arrives as f32 reordered per K tile into
-             [even k; odd k] and pre-scaled by XLA (`kgemv_x`), each K tile is reduced by
-             FMA and scaled once per output, and U tiles are loaded per loop step. Its own
-             launcher (`kgemv_launch`): the x prologue changes its arguments.
+             [even k; odd k] and pre-scaled by XLA (`kgemv_x`). Products are summed in
+             registers per chunk (<= 32 values, inside one scale block and one thread's
+             load), scaled once per chunk and kept per chunk until after the K loop: no
+             cross-thread reduction per tile, and tiles may span scale blocks (g16/g32).
+             U tiles are loaded per loop step. Its own arguments (`kgemv_args`): the x
+             prologue adds the per-chunk sums.
 
     gemv     no tensor cores, one row of x per program (M = 1, 2). The product x[k] * w[k, n]
              is accumulated elementwise in a (K tile, BN) register array across the whole K
@@ -310,18 +313,24 @@ if triton is not None:
     def _kgemv_kernel(
         x_ptr, cb_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, g_ptr, o_ptr,
         M: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, NT: tl.constexpr, KT: tl.constexpr,
-        sxm: tl.constexpr, sxt: tl.constexpr, swk: tl.constexpr, swn: tl.constexpr,
+        sxm: tl.constexpr, sxc: tl.constexpr, swk: tl.constexpr, swn: tl.constexpr,
         ssk: tl.constexpr, ssn: tl.constexpr, sos: tl.constexpr, som: tl.constexpr,
         ELEM: tl.constexpr, SCALE: tl.constexpr, SBK: tl.constexpr, SBN: tl.constexpr,
         HAS_Z: tl.constexpr, HAS_G: tl.constexpr, FAST: tl.constexpr, ZOFF: tl.constexpr,
         FACTOR: tl.constexpr, MODE: tl.constexpr,
-        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, U: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, CK: tl.constexpr, U: tl.constexpr,
+        NCP: tl.constexpr,
     ):
-        """K-contiguous FMA GEMV (see `kgemv_launch`). Program (n, m, s): BN output columns,
+        """K-contiguous FMA GEMV (see `kgemv_args`). Program (n, m, s): BN output columns,
         BM rows of x, K tiles [s * KT, (s + 1) * KT), U tiles per loop step (unrolled, so
-        their loads are in flight together)."""
+        their loads are in flight together). Each tile is cut into chunks of CK values that
+        lie inside one scale block and inside one thread's vector load: a chunk's products
+        are summed in registers, scaled (MODE 1) and kept per chunk in the accumulator, so
+        the only cross-thread reduction is the final one, after the K loop."""
         FOUR: tl.constexpr = ELEM == 1 or ELEM == 2 or ELEM == 4
         BKB: tl.constexpr = BK // 2 if FOUR else BK  # stored bytes of one row per K tile
+        NC: tl.constexpr = BK // CK  # chunks per tile
+        CB: tl.constexpr = BKB // NC  # stored bytes per chunk
         pid_n = tl.program_id(0)
         pid_m = tl.program_id(1)
         pid_s = tl.program_id(2)
@@ -329,13 +338,13 @@ if triton is not None:
         n_ok = offs_n < NP
         scol = offs_n // SBN
         offs_b = tl.arange(0, BKB)
+        offs_c = tl.arange(0, NC)
         offs_m = pid_m * BM + tl.arange(0, BM)
-        # BM == 1: 1-D accumulator, so a tile's row sums need no layout change to be added.
         if BM == 1:
-            acc = tl.zeros((BN,), dtype=tl.float32)
+            acc = tl.zeros((BN, NC), dtype=tl.float32)
         else:
-            acc = tl.zeros((BM, BN), dtype=tl.float32)
-        corr = tl.zeros((BM, 1), dtype=tl.float32)  # MODE 0: sums of cb and of x over tiles
+            acc = tl.zeros((BM, BN, NC), dtype=tl.float32)
+        corr = tl.zeros((BM, 1), dtype=tl.float32)  # MODE 0: sums of cb and of x over chunks
         xsum = tl.zeros((BM, 1), dtype=tl.float32)
         for t0 in range(0, KT, U):
             for u in tl.static_range(U):
@@ -361,9 +370,15 @@ if triton is not None:
                 else:
                     lo, _ = _decode_tile(w, ELEM, False, tl.float32)
                     lo = lo.to(tl.float32)
-                if MODE == 1:
-                    s, z = _load_scales(s_ptr, z_ptr, (t * BK) // SBK, scol, n_ok & t_ok, ssk, ssn,
-                                        SCALE, HAS_Z, FACTOR, ZOFF)
+                if MODE == 1 and SBK >= BK:  # one scale row per tile: a vector load
+                    s, z = _load_scales(s_ptr, z_ptr, (t * BK) // SBK, scol, n_ok & t_ok,
+                                        ssk, ssn, SCALE, HAS_Z, FACTOR, ZOFF)
+                    s = s[:, None]
+                    z = z[:, None]
+                elif MODE == 1:
+                    srow = (t * BK + offs_c * CK) // SBK
+                    s, z = _load_scales(s_ptr, z_ptr, srow[None, :], scol[:, None], n_ok[:, None] & t_ok,
+                                        ssk, ssn, SCALE, HAS_Z, FACTOR, ZOFF)
                 for mi in tl.static_range(BM):
                     row = pid_m * BM + mi
                     r_ok = (row < M) & t_ok
@@ -371,35 +386,48 @@ if triton is not None:
                     if FOUR:
                         xe = tl.load(xrow + offs_b, mask=r_ok, other=0.0, eviction_policy="evict_last")
                         xo = tl.load(xrow + BKB + offs_b, mask=r_ok, other=0.0, eviction_policy="evict_last")
-                        d = tl.sum(lo * xe[None, :] + hi * xo[None, :], axis=1)
+                        p = lo * xe[None, :] + hi * xo[None, :]
                     else:
                         xk = tl.load(xrow + offs_b, mask=r_ok, other=0.0, eviction_policy="evict_last")
-                        d = tl.sum(lo * xk[None, :], axis=1)
-                    cb = tl.load(cb_ptr + row * sxt + t, mask=r_ok, other=0.0)
-                    xs = tl.load(xs_ptr + row * sxt + t, mask=r_ok, other=0.0)
+                        p = lo * xk[None, :]
+                    d = tl.sum(tl.reshape(p, (BN, NC, CB)), axis=2)  # in-thread: a chunk is one load
                     if MODE == 1:
-                        d = (d - cb - z * xs) * s
-                    else:
-                        corr = tl.where(offs_m[:, None] == row, corr + cb, corr)
-                        xsum = tl.where(offs_m[:, None] == row, xsum + xs, xsum)
+                        cb = tl.load(cb_ptr + row * sxc + t * NC + offs_c, mask=r_ok, other=0.0)
+                        xs = tl.load(xs_ptr + row * sxc + t * NC + offs_c, mask=r_ok, other=0.0)
+                        d = (d - cb[None, :] - z * xs[None, :]) * s
                     if BM == 1:
                         acc += d
                     else:
-                        acc = tl.where(offs_m[:, None] == row, acc + d[None, :], acc)
+                        acc = tl.where(offs_m[:, None, None] == row, acc + d[None, :, :], acc)
+        if BM == 1:
+            out = tl.sum(acc, axis=1)
+        else:
+            out = tl.sum(acc, axis=2)
         if MODE == 0:
+            # Per channel the corrections are linear in the K sums: split 0 subtracts those of
+            # all of K (one reduction per program instead of one per tile).
+            offs_a = tl.arange(0, NCP)
+            for mi in tl.static_range(BM):
+                row = pid_m * BM + mi
+                a_ok = (offs_a < sxc) & (row < M) & (pid_s == 0)
+                cbt = tl.sum(tl.load(cb_ptr + row * sxc + offs_a, mask=a_ok, other=0.0), axis=0)
+                xst = tl.sum(tl.load(xs_ptr + row * sxc + offs_a, mask=a_ok, other=0.0), axis=0)
+                corr = tl.where(offs_m[:, None] == row, corr + cbt, corr)
+                xsum = tl.where(offs_m[:, None] == row, xsum + xst, xsum)
             s, z = _load_scales(s_ptr, z_ptr, 0, scol, n_ok, ssk, ssn, SCALE, HAS_Z, FACTOR, ZOFF)
             if BM == 1:
-                acc = (acc - tl.sum(corr, axis=0) - tl.sum(xsum, axis=0) * z) * s
+                out = (out - tl.sum(corr, axis=0) - tl.sum(xsum, axis=0) * z) * s
             else:
-                acc = (acc - corr - xsum * z[None, :]) * s[None, :]
+                out = (out - corr - xsum * z[None, :]) * s[None, :]
         if HAS_G:
-            acc = acc * tl.load(g_ptr)
+            out = out * tl.load(g_ptr)
         if BM == 1:
-            tl.store(o_ptr + pid_s * sos + pid_m * som + offs_n, acc.to(o_ptr.dtype.element_ty),
+            tl.store(o_ptr + pid_s * sos + pid_m * som + offs_n, out.to(o_ptr.dtype.element_ty),
                      mask=(offs_n < N) & (pid_m < M))
         else:
             o_ptrs = o_ptr + pid_s * sos + offs_m[:, None] * som + offs_n[None, :]
-            tl.store(o_ptrs, acc.to(o_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+            tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
 
 def even_odd(x, block_k: int):
     """(M, K) -> (M, K') with K' the multiple of block_k at or above K (zero padding): each K
@@ -411,23 +439,28 @@ def even_odd(x, block_k: int):
     return jnp.concatenate([t[..., 0::2], t[..., 1::2]], axis=-1).reshape(m, kr)
 
 
+def kgemv_chunk(spec, cfg) -> int:
+    """K values per `kgemv` chunk: inside one scale block and one 16-byte load of a thread."""
+    return min(cfg.block_k, 32 if spec.four_bit else 16, spec.block_k)
+
+
 def kgemv_x(x, spec, cfg, fast4: bool):
     """`kgemv`'s view of x: f32, K padded to kp, and for 4-bit codes each K tile reordered
     [even k; odd k] (`even_odd`) so a thread's K run of x is one vector load. With the f32
     nibble upcast (`fast4`) even k are scaled by 2 and odd k by 1/8 and `cb` holds the 128
-    offsets' share; `xs` is the per-tile sum of x (zero points).
-    Returns (x (M, kp), cb (M, tiles), xs (M, tiles))."""
+    offsets' share; `xs` is the sum of x (zero points), both per chunk (`kgemv_chunk`).
+    Returns (x (M, kp), cb (M, chunks), xs (M, chunks))."""
     m = x.shape[0]
-    bk = cfg.block_k
-    nt = spec.kp // bk
+    bk, ck = cfg.block_k, kgemv_chunk(spec, cfg)
+    nt, nc = spec.kp // bk, bk // ck
     x = jnp.pad(x.astype(jnp.float32), ((0, 0), (0, spec.kp - spec.k)))
     if not spec.four_bit:
-        return x, jnp.zeros((m, nt), jnp.float32), x.reshape(m, nt, bk).sum(-1)
-    t = even_odd(x, bk).reshape(m, nt, 2, bk // 2)
-    se, so = t[:, :, 0].sum(-1), t[:, :, 1].sum(-1)
+        return x, jnp.zeros((m, nt * nc), jnp.float32), x.reshape(m, nt * nc, ck).sum(-1)
+    t = even_odd(x, bk).reshape(m, nt, 2, nc, ck // 2)
+    se, so = t[:, :, 0].sum(-1).reshape(m, -1), t[:, :, 1].sum(-1).reshape(m, -1)
     if fast4:
         cb = 256.0 * se + 16.0 * so
-        t = t * jnp.array([2.0, 0.125], jnp.float32)[:, None]
+        t = t * jnp.array([2.0, 0.125], jnp.float32)[:, None, None]
     else:
         cb = jnp.zeros_like(se)
     return t.reshape(m, spec.kp), cb, se + so
@@ -449,10 +482,12 @@ def kgemv_args(x, arrays, ints, consts, *, spec, cfg):
     kt = -(-nt // cfg.split_k)
     kt = -(-kt // cfg.unroll) * cfg.unroll  # whole loop steps (`config.split_for`)
     params = dict(
-        M=m, N=spec.n, NP=spec.np_, NT=nt, KT=kt, sxm=spec.kp, sxt=nt,
+        M=m, N=spec.n, NP=spec.np_, NT=nt, KT=kt, sxm=spec.kp, sxc=spec.kp // kgemv_chunk(spec, cfg),
         sos=m * spec.n if cfg.split_k > 1 else 0, som=spec.n,
         **{k: ints[k] for k in ("swk", "swn", "ssk", "ssn")},
         **{k: consts[k] for k in ("ELEM", "SCALE", "SBK", "SBN", "HAS_Z", "HAS_G", "FAST",
-                                  "FACTOR", "MODE", "BM", "BN", "BK")},
-        ZOFF=8.0 if elem == 1 else 0.0, U=cfg.unroll)
+                                  "FACTOR", "BM", "BN", "BK")},
+        MODE=0 if spec.block_k >= spec.kp else 1,  # 1: scales per chunk (a tile may span blocks)
+        ZOFF=8.0 if elem == 1 else 0.0, CK=kgemv_chunk(spec, cfg), U=cfg.unroll,
+        NCP=1 << max(0, (spec.kp // kgemv_chunk(spec, cfg) - 1).bit_length()))  # MODE 0: all chunk sums
     return (xp, cb, xs, w, s, z, g), params

@@ -49,6 +49,7 @@ CASES = tuple(
         ("gemv", dict(_T, kernel="gemv", block_m=1, block_k=16)),
         ("fma", dict(_T, kernel="fma", block_m=4, block_k=16)),
         ("kgemv", dict(_T, kernel="kgemv", block_m=4, block_k=16, unroll=3)),
+        ("kgemv-span", dict(_T, kernel="kgemv", block_m=1, block_k=64)),  # tiles across g16/g32 blocks
     )
 )
 M, K, N = 5, 300, 96  # odd M, K off every tile, N off the tile

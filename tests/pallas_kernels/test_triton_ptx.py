@@ -20,7 +20,9 @@ FORMATS = ["int4-g128", "uint4-g128", "int8", "fp8", "mxfp4", "nvfp4"]
 def test_chosen_launches_load_16_byte_vectors(label, m):
     r = ptx_report.report_case(label, 4096, 1536, m, "nk", "NVIDIA H200")
     assert r["widest"] == 16, r
-    assert r["loads"][16] >= 4 * r["loads"][1], r  # byte loads are scale reads only
+    # Byte loads are scale reads only: one per scale block, so up to one per 16-byte weight
+    # vector for g32 codes (kgemv tiles across blocks); byte-wide weight loads would be >= 16x.
+    assert r["loads"][16] >= 2 * r["loads"][1], r
     assert r["stack"] == 0, r  # no register spills
 
 

@@ -3,8 +3,8 @@
 The kernel itself runs only on GPUs (`pytest -m gpu` covers it against the reference). What
 can be checked everywhere is the math it relies on: the nibble upcasts' inline PTX (the very
 strings the kernels assemble, executed by a small interpreter of their opcodes), the x
-prologue `triton_decode.kgemv_x` (pre-scaled even/odd halves, the offset share `cb`, the tile
-sums `xs`) and the per-tile correction `(sum - cb - z * xs) * s`. Together they must give the
+prologue `triton_decode.kgemv_x` (pre-scaled even/odd halves, the offset share `cb`, the chunk
+sums `xs`) and the per-chunk correction `(sum - cb - z * xs) * s`. Together they must give the
 reference product on fresh random stored weights.
 """
 
@@ -16,7 +16,7 @@ import pytest
 from pallas_kernels import blocks
 from pallas_kernels.weight_only import config as wcfg, testing, triton_kernel
 from pallas_kernels.weight_only.reference import weight_only_matmul_reference
-from pallas_kernels.weight_only.triton_decode import kgemv_x
+from pallas_kernels.weight_only.triton_decode import kgemv_chunk, kgemv_x
 
 
 def run_ptx(asm: str, word: np.ndarray, n_out: int) -> list[np.ndarray]:
@@ -95,8 +95,8 @@ def test_bf16_upcast_gives_128_plus_code(signed):
     np.testing.assert_array_equal(hi, 128 + u_hi)
 
 
-@pytest.mark.parametrize("label,k", [("int4-g128", 1000), ("uint4-g128", 512), ("int4-g32", 96),
-                                     ("uint4-g32", 160)])
+@pytest.mark.parametrize("label,k", [("int4-g128", 1000), ("uint4-g128", 512), ("int4-g32", 192),
+                                     ("uint4-g32", 160), ("uint4-g32", 256)])
 @pytest.mark.parametrize("m", [1, 3])
 def test_kgemv_math_matches_reference(label, k, m):
     case = testing.CASES_BY_LABEL[label]
@@ -105,10 +105,12 @@ def test_kgemv_math_matches_reference(label, k, m):
     x = jax.random.normal(jax.random.key(7 * m), (m, k), jnp.float32).astype(jnp.bfloat16)
     spec = testing.weight_spec(w)
     kp = spec.kp
-    bk = min(128, w["block_k"])
+    bk = next(b for b in (128, 64, 32) if kp % b == 0)  # g32: tiles across 4 or 2 scale blocks
     cfg = wcfg.TileConfig(kernel="kgemv", block_m=1, block_n=64, block_k=bk)
     assert cfg.check(spec) is None
     xp, cb, xs = (np.asarray(a) for a in kgemv_x(x, spec, cfg, fast4=True))
+    ck = kgemv_chunk(spec, cfg)
+    assert cb.shape == xs.shape == (m, kp // ck)
     signed = jnp.dtype(case.element_dtype) == jnp.int4
     # Stored rows (N, kp/2) bytes; each K tile of one row is bk/2 bytes = bk/8 words.
     vals = np.ascontiguousarray(np.asarray(w["values"]))
@@ -116,13 +118,16 @@ def test_kgemv_math_matches_reference(label, k, m):
     s = np.asarray(w["scales"], np.float32)  # (N, groups)
     z = np.asarray(w["zeros"], np.float32) if w["zeros"] is not None else np.full_like(s, 8.0 if signed else 0.0)
     out = np.zeros((m, n), np.float64)
-    half = bk // 2
+    half, chalf = bk // 2, ck // 2
     for t in range(kp // bk):
-        g = t * bk // w["block_k"]
-        lo_t, hi_t = lo[:, t * half:(t + 1) * half], hi[:, t * half:(t + 1) * half]
-        xe, xo = xp[:, t * bk:t * bk + half], xp[:, t * bk + half:(t + 1) * bk]
-        d = xe @ lo_t.T.astype(np.float64) + xo @ hi_t.T.astype(np.float64)  # (m, n)
-        out += (d - cb[:, t:t + 1] - z[None, :, g] * xs[:, t:t + 1]) * s[None, :, g]
+        for c in range(bk // ck):  # chunk c: bytes [c * chalf, (c + 1) * chalf) of the tile
+            g, j = (t * bk + c * ck) // w["block_k"], t * (bk // ck) + c
+            b0 = t * half + c * chalf
+            lo_c, hi_c = lo[:, b0:b0 + chalf], hi[:, b0:b0 + chalf]
+            xe = xp[:, t * bk + c * chalf:t * bk + (c + 1) * chalf]
+            xo = xp[:, t * bk + half + c * chalf:t * bk + half + (c + 1) * chalf]
+            d = xe @ lo_c.T.astype(np.float64) + xo @ hi_c.T.astype(np.float64)  # (m, n)
+            out += (d - cb[:, j:j + 1] - z[None, :, g] * xs[:, j:j + 1]) * s[None, :, g]
     ref = np.asarray(weight_only_matmul_reference(
         x, w["values"], w["scales"], w["zeros"], None, element_dtype=case.element_dtype,
         block_k=w["block_k"], block_n=1, layout="nk", k=k, n=n, out_dtype=jnp.float32))
