@@ -28,6 +28,9 @@ def table(tmp_path, monkeypatch):
         wcfg.table_key(jnp.int8, None, 1, "kn"): {
             "m1": dict(kernel="fma", block_m=1, block_n=128, block_k=128, num_warps=4, num_stages=4),
         },
+        wcfg.table_key(jnp.uint4, 32, 1, "kn"): {
+            "m16": dict(kernel="dot", block_m=16, block_n=64, block_k=32, num_warps=4, num_stages=4),
+        },
         # A tile K of 128 cannot lie inside a 32-block: the entry must be ignored.
         wcfg.table_key(jnp.float4_e2m1fn, 32, 1, "kn"): {
             "m1": dict(kernel="gemv", block_m=1, block_n=256, block_k=128, num_warps=4, num_stages=6),
@@ -46,6 +49,11 @@ def test_tuned_entries_adapt_to_m(table, m, kernel, block_m):
     cfg = wcfg.choose_config(m, spec(), device_kind=table)
     assert (cfg.kernel, cfg.block_m) == (kernel, block_m)
     assert cfg.check(spec()) is None and cfg.split_k >= 1
+
+
+@pytest.mark.parametrize("m,block_m", [(5, 16), (16, 16), (17, 32), (64, 64)])
+def test_decode_dot_entries_cover_all_rows_in_one_tile(table, m, block_m):
+    assert wcfg.choose_config(m, spec(jnp.uint4, 32), device_kind=table).block_m == block_m
 
 
 def test_prefill_entries_keep_their_tile(table):
