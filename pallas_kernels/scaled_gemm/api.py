@@ -180,9 +180,9 @@ def unsupported_reason(
         err = _triton_import_error()
         if err:
             return err
-        cfg = config or choose_config(m=f["m"], n=n, kp=f["kp"], group_k=f["g"], mx=f["mx"],
-                                      four_bit=f["four"])
-        return _config_reason(f, cfg, w_block_n)
+        return triton_config_reason(xv, xs, wv, ws, config=config, x_block_k=x_block_k,
+                                    w_block_k=w_block_k, w_block_n=w_block_n, layout=layout,
+                                    w_element_dtype=w_element_dtype, k=k, n=n)
     if impl == "pallas":
         if not (_on_gpu() or interpret):
             return "no GPU and interpret=False"
@@ -196,6 +196,20 @@ def unsupported_reason(
                 four_bit=f["four"], e8m0=E8M0 in (jnp.dtype(xs.dtype), jnp.dtype(ws.dtype)))
         return None
     raise ValueError(f"{impl=} must be 'triton' or 'pallas'")
+
+
+def triton_config_reason(xv, xs, wv, ws, *, config: GemmConfig | None, x_block_k, w_block_k,
+                         w_block_n, layout, w_element_dtype, k, n) -> str | None:
+    """Why the Triton kernel cannot take these arguments with `config` (None: the chosen
+    one), wherever it would run (a GPU, or Triton's interpreter)."""
+    try:
+        f = _facts(xv, xs, wv, ws, x_block_k=x_block_k, w_block_k=w_block_k,
+                   w_block_n=w_block_n, layout=layout, w_element_dtype=w_element_dtype, k=k, n=n)
+    except ValueError as e:
+        return str(e)
+    cfg = config or choose_config(m=f["m"], n=n, kp=f["kp"], group_k=f["g"], mx=f["mx"],
+                                  four_bit=f["four"])
+    return _config_reason(f, cfg, w_block_n)
 
 
 def _pallas_block_k(f) -> int:

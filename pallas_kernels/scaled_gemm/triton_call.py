@@ -1,4 +1,9 @@
-"""JAX wrapper of the Triton scaled GEMM (`jax_triton.triton_call`); GPU machines only."""
+"""JAX wrapper of the Triton scaled GEMM (`jax_triton.triton_call`); GPU machines only.
+
+`triton_launch` builds one launch (kernel, arrays, out_shape, grid, constexprs) from the
+plain arrays; `scaled_matmul_triton` hands it to jax-triton, and
+`pallas_kernels.triton_interpret` runs the same launch in Triton's CPU interpreter (CI).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import jax_triton as jt
 
 from pallas_kernels.scaled_gemm import triton_kernel as tk
 from pallas_kernels.scaled_gemm.config import GemmConfig
@@ -23,6 +27,32 @@ def _as_bits(s):
     return s, False
 
 
+def kernel_mode(config: GemmConfig, x_block_k: int, w_block_k: int, kp: int) -> str:
+    """The config's mode, "auto" resolved from the block shapes."""
+    if config.mode != "auto":
+        return config.mode
+    return "epilogue" if min(x_block_k, w_block_k) >= kp else "promote"
+
+
+def triton_launch(xv, xs, wv, ws, *, x_block_k, w_block_k, w_block_n, layout, four_bit, n,
+                  out_dtype, config: GemmConfig):
+    """(kernel, input arrays, out_shape, grid, constexprs) of one scaled-GEMM launch."""
+    m, kp = xv.shape
+    np_ = wv.shape[0] if layout == "nk" else wv.shape[1]
+    xs, x_e8m0 = _as_bits(xs)
+    ws, w_e8m0 = _as_bits(ws)
+    mode = kernel_mode(config, x_block_k, w_block_k, kp)
+    grid = (pl_cdiv(m, config.block_m) * pl_cdiv(n, config.block_n),)
+    params = dict(
+        M=m, N=n, KP=kp, NP=np_, GX=x_block_k, GW=w_block_k, BNW=w_block_n,
+        W_NK=layout == "nk", W_FP4=four_bit, X_E8M0=x_e8m0, W_E8M0=w_e8m0,
+        ACC_INT=jnp.dtype(xv.dtype) == jnp.int8, MODE=_MODES[mode], GPS=config.groups_per_step,
+        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+        GROUP_M=config.group_m)
+    return (tk.scaled_gemm_kernel, (xv, xs, wv, ws), jax.ShapeDtypeStruct((m, n), out_dtype), grid,
+            params)
+
+
 @functools.partial(
     jax.jit,
     static_argnames=("x_block_k", "w_block_k", "w_block_n", "layout", "four_bit", "n",
@@ -30,28 +60,13 @@ def _as_bits(s):
 )
 def scaled_matmul_triton(xv, xs, wv, ws, *, x_block_k, w_block_k, w_block_n, layout,
                          four_bit, n, out_dtype, config: GemmConfig):
-    m, kp = xv.shape
-    np_ = wv.shape[0] if layout == "nk" else wv.shape[1]
-    xs, x_e8m0 = _as_bits(xs)
-    ws, w_e8m0 = _as_bits(ws)
-    mode = config.mode
-    if mode == "auto":
-        mode = "epilogue" if min(x_block_k, w_block_k) >= kp else "promote"
-    grid = (pl_cdiv(m, config.block_m) * pl_cdiv(n, config.block_n),)
-    return jt.triton_call(
-        xv, xs, wv, ws,
-        kernel=tk.scaled_gemm_kernel,
-        out_shape=jax.ShapeDtypeStruct((m, n), out_dtype),
-        grid=grid,
-        name="scaled_gemm",
-        num_warps=config.num_warps,
-        num_stages=config.num_stages,
-        M=m, N=n, KP=kp, NP=np_, GX=x_block_k, GW=w_block_k, BNW=w_block_n,
-        W_NK=layout == "nk", W_FP4=four_bit, X_E8M0=x_e8m0, W_E8M0=w_e8m0,
-        ACC_INT=jnp.dtype(xv.dtype) == jnp.int8, MODE=_MODES[mode], GPS=config.groups_per_step,
-        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-        GROUP_M=config.group_m,
-    )
+    import jax_triton as jt
+
+    kernel, arrays, out_shape, grid, params = triton_launch(
+        xv, xs, wv, ws, x_block_k=x_block_k, w_block_k=w_block_k, w_block_n=w_block_n,
+        layout=layout, four_bit=four_bit, n=n, out_dtype=out_dtype, config=config)
+    return jt.triton_call(*arrays, kernel=kernel, out_shape=out_shape, grid=grid, name="scaled_gemm",
+                          num_warps=config.num_warps, num_stages=config.num_stages, **params)
 
 
 def pl_cdiv(a: int, b: int) -> int:

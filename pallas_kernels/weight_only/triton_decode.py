@@ -36,7 +36,6 @@ blocks (mode 2) is the `dot` kernel's job (`TileConfig.check` says so).
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 try:
@@ -164,7 +163,7 @@ if triton is not None:
         for ki in range(0, KS, BK):
             kk = k_begin + ki
             offs_k = kk + tl.arange(0, BK)
-            if FOUR and XMODE == 3:  # x reordered per K tile into [even k; odd k] (`swap_x`)
+            if FOUR and XMODE == 3:  # x reordered per K tile into [even k; odd k] (`even_odd`)
                 offs_h = kk + tl.arange(0, BK // 2)  # x is zero-padded to whole K tiles
                 xm = (kk < K) & m_ok[None, :]
                 xe = tl.load(x_ptr + offs_h[:, None] * sxk + offs_m[None, :] * sxm, mask=xm, other=0.0)

@@ -1,13 +1,16 @@
-"""The weight-only Triton kernels run by Triton's CPU interpreter, against the reference.
+"""The Triton kernels run by Triton's CPU interpreter, against their references.
 
 jax-triton needs a GPU, but Triton itself ships an interpreter (`TRITON_INTERPRET=1`) that
 executes a kernel's body with numpy, one program at a time. This module feeds it the very
-launch the GPU path builds (`triton_kernel.triton_launch`: the same kernel, arrays, grid and
-constexprs) and compares the result with the jnp reference on the same stored weights, so CI
-checks the kernels' indexing, masking, split-K, scale modes and x layouts on every
-arrangement without a GPU. What the interpreter cannot run is inline PTX: the launches here
-use the portable decode (`fast_decode=False`); the PTX upcasts are checked by
-`tests/pallas_kernels/test_weight_only_kgemv.py` and compiled for sm_90a by `ptx_report`.
+launch the GPU path builds (`weight_only.triton_kernel.triton_launch`,
+`scaled_gemm.triton_call.triton_launch`: the same kernel, arrays, grid and constexprs) and
+compares the result with the jnp reference on the same stored operands, so CI checks the
+kernels' indexing, masking, split-K, scale modes and layouts on every arrangement without a
+GPU. What the interpreter cannot run: inline PTX (weight-only launches here use the portable
+decode, `fast_decode=False`; the PTX upcasts are checked by
+`tests/pallas_kernels/test_weight_only_kgemv.py` and compiled for sm_90a by `ptx_report`)
+and `tl.dot_scaled` (the scaled GEMM's MX mode: its MX recipes run here in promote mode,
+the same math through plain dots).
 
 Two adaptations, both local to this module:
     * the interpreter reads tensors through a slice of torch.Tensor's API (data_ptr,
@@ -18,13 +21,12 @@ Two adaptations, both local to this module:
 `TRITON_INTERPRET=1` must be set before the kernels are defined (`triton.jit` reads it at
 decoration time), so the checks run in their own process:
 
-    TRITON_INTERPRET=1 python -m pallas_kernels.weight_only.triton_interpret [--json]
+    TRITON_INTERPRET=1 python -m pallas_kernels.triton_interpret [--json]
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import time
@@ -33,9 +35,9 @@ import numpy as np
 
 from pallas_kernels.weight_only.config import TileConfig
 
-# (label of the case, TileConfig fields); every kernel and x/scale mode of the Triton path.
+# Weight-only: (case label, name, TileConfig fields); every kernel and x/scale mode.
 _T = dict(block_m=16, block_n=32, split_k=2)
-CASES = tuple(
+WEIGHT_ONLY_CASES = tuple(
     (label, name, fields)
     for label in ("int8", "int4-g32", "int4-g128", "uint4-g128", "fp8", "mxfp4", "nvfp4")
     for name, fields in (
@@ -52,7 +54,18 @@ CASES = tuple(
         ("kgemv-span", dict(_T, kernel="kgemv", block_m=1, block_k=64)),  # tiles across g16/g32 blocks
     )
 )
-M, K, N = 5, 300, 96  # odd M, K off every tile, N off the tile
+M, K, N = 5, 300, 96  # weight-only: odd M, K off every tile, N off the tile
+
+# Scaled GEMM: (recipe name, GemmConfig fields); per-channel recipes in the epilogue mode,
+# block recipes promoting per K group (one or two groups per step), MX through promote.
+_K32 = dict(block_m=16, block_n=32, block_k=32, group_m=2)
+SCALED_CASES = tuple((recipe, "k32", _K32) for recipe in (
+    "w8a8-int8", "w8a8-fp8", "fp8-block", "int8-block", "mxfp8", "mxfp4-a8")) + (
+    ("fp8-block", "gps2-k128", dict(block_m=16, block_n=64, block_k=128, group_m=2, groups_per_step=2)),
+    ("int8-block", "gps2-k32", dict(_K32, block_m=32, block_n=16, groups_per_step=2)),
+    ("mxfp8", "gps2-k32", dict(_K32, groups_per_step=2)),
+)
+SM, SK, SN = 5, 256, 256  # scaled GEMM: odd M (rows wrap), several N tiles, 2..8 K groups
 
 
 class _Storage:
@@ -131,7 +144,7 @@ def run_launch(kernel, arrays, out_shape, grid, params) -> np.ndarray:
     return out.arr
 
 
-def check(label: str, fields: dict, layout: str, seed: int = 0) -> dict:
+def check_weight_only(label: str, fields: dict, layout: str, seed: int = 0) -> dict:
     """Kernel vs reference on one case: {'excess': max(|out - ref| - bound) (<= 0 passes), ...}."""
     import jax
     import jax.numpy as jnp
@@ -163,20 +176,53 @@ def check(label: str, fields: dict, layout: str, seed: int = 0) -> dict:
                 seconds=time.perf_counter() - t0)
 
 
+def check_scaled(recipe_name: str, fields: dict, layout: str, seed: int = 0) -> dict:
+    """Scaled GEMM vs reference: {'excess': max |out - ref| - 1e-4 max |ref| (<= 0 passes)}."""
+    import jax
+    import jax.numpy as jnp
+
+    from pallas_kernels.scaled_gemm import api, cases, triton_call
+    from pallas_kernels.scaled_gemm.config import GemmConfig
+
+    recipe = next(r for r in cases.RECIPES if r.name == recipe_name)
+    xv, xs, wv, ws, kw = cases.make_operands(jax.random.key(seed), recipe, SM, SK, SN, layout)
+    cfg = GemmConfig(**fields, mode="promote" if recipe.x_block_k is not None else "auto")
+    if (why := api.triton_config_reason(xv, xs, wv, ws, config=cfg, **kw)) is not None:
+        return dict(skipped=why)
+    t0 = time.perf_counter()
+    kernel, arrays, out_shape, grid, params = triton_call.triton_launch(
+        xv, xs, wv, ws, x_block_k=recipe.x_block_k or SK, w_block_k=kw["w_block_k"],
+        w_block_n=kw["w_block_n"], layout=layout, four_bit=recipe.w_dtype == cases.F4, n=SN,
+        out_dtype=jnp.float32, config=cfg)
+    out = run_launch(kernel, arrays, out_shape, grid, params)
+    ref = np.asarray(api.scaled_matmul(xv, xs, wv, ws, impl="xla", out_dtype=jnp.float32, **kw))
+    excess = float(np.max(np.abs(out - ref)) - 1e-4 * np.max(np.abs(ref)))
+    return dict(kernel=f"scaled/{triton_call.kernel_mode(cfg, recipe.x_block_k or SK, kw['w_block_k'], SK)}",
+                excess=excess, finite=bool(np.all(np.isfinite(out))), seconds=time.perf_counter() - t0)
+
+
+def all_cases():
+    """(case id, check function, args) for every case of both kernel families."""
+    for label, name, fields in WEIGHT_ONLY_CASES:
+        for layout in ("kn", "nk"):
+            yield f"{label}-{name}-{layout}", check_weight_only, (label, fields, layout)
+    for recipe, name, fields in SCALED_CASES:
+        for layout in ("kn", "nk"):
+            yield f"scaled-{recipe}-{name}-{layout}", check_scaled, (recipe, fields, layout)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", action="store_true", help="one JSON object {case id: result} on stdout")
     a = p.parse_args(argv)
     results = {}
-    for label, name, fields in CASES:
-        for layout in ("kn", "nk"):
-            cid = f"{label}-{name}-{layout}"
-            try:
-                results[cid] = check(label, fields, layout)
-            except Exception as e:  # noqa: BLE001 - reported per case, the test fails it
-                results[cid] = dict(error=f"{type(e).__name__}: {e}"[:500])
-            if not a.json:
-                print(cid, results[cid], flush=True)
+    for cid, check, args in all_cases():
+        try:
+            results[cid] = check(*args)
+        except Exception as e:  # noqa: BLE001 - reported per case, the test fails it
+            results[cid] = dict(error=f"{type(e).__name__}: {e}"[:500])
+        if not a.json:
+            print(cid, results[cid], flush=True)
     if a.json:
         print(json.dumps(results))
 
