@@ -76,6 +76,13 @@ def _arrays(w):
     return (w["values"], w["scales"], w["zeros"], w["global_scale"])
 
 
+def _save_partial(args, name: str, rows: list[Row], checks: list[dict] | None = None):
+    """Rows so far to <out>/<name>.partial.json: what a run cut by its time limit leaves."""
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, f"{name}.partial.json"), "w") as f:
+        json.dump(dict(rows=[dataclasses.asdict(r) for r in rows], checks=checks or []), f)
+
+
 def bench_weight_only(args) -> tuple[list[Row], list[dict]]:
     rows: list[Row] = []
     checks: list[dict] = []
@@ -126,6 +133,7 @@ def bench_weight_only(args) -> tuple[list[Row], list[dict]]:
                         traceback.print_exc()
                 if label == "int8" and m >= 256 and args.mgpu:
                     rows.append(_mixed_mgpu_row(m, k, n, ws[0]))
+                _save_partial(args, "bench_weight_only", rows, checks)
             del ws
     return rows, checks
 
@@ -254,8 +262,7 @@ def bench_sweep(args) -> list[Row]:
                         rows.append(Row(name, label, m, k, n, -1.0, nbytes, f"{type(ex).__name__}: {str(ex)[:200]}"))
                     print(rows[-1], flush=True)
             del ws
-            with open(os.path.join(args.out, "bench_sweep.partial.json"), "w") as f:
-                json.dump([dataclasses.asdict(r) for r in rows], f)  # survives a timeout
+            _save_partial(args, "bench_sweep", rows)
     return rows
 
 
