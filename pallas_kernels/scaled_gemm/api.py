@@ -180,9 +180,7 @@ def unsupported_reason(
         err = _triton_import_error()
         if err:
             return err
-        return triton_config_reason(xv, xs, wv, ws, config=config, x_block_k=x_block_k,
-                                    w_block_k=w_block_k, w_block_n=w_block_n, layout=layout,
-                                    w_element_dtype=w_element_dtype, k=k, n=n)
+        return _triton_reason(f, config, n, w_block_n)
     if impl == "pallas":
         if not (_on_gpu() or interpret):
             return "no GPU and interpret=False"
@@ -207,9 +205,16 @@ def triton_config_reason(xv, xs, wv, ws, *, config: GemmConfig | None, x_block_k
                    w_block_n=w_block_n, layout=layout, w_element_dtype=w_element_dtype, k=k, n=n)
     except ValueError as e:
         return str(e)
-    cfg = config or choose_config(m=f["m"], n=n, kp=f["kp"], group_k=f["g"], mx=f["mx"],
-                                  four_bit=f["four"])
-    return _config_reason(f, cfg, w_block_n)
+    return _triton_reason(f, config, n, w_block_n)
+
+
+def _chosen_config(f, config: GemmConfig | None, n) -> GemmConfig:
+    return config or choose_config(m=f["m"], n=n, kp=f["kp"], group_k=f["g"], mx=f["mx"],
+                                   four_bit=f["four"])
+
+
+def _triton_reason(f, config: GemmConfig | None, n, w_block_n) -> str | None:
+    return _config_reason(f, _chosen_config(f, config, n), w_block_n)
 
 
 def _pallas_block_k(f) -> int:
@@ -283,8 +288,7 @@ def scaled_matmul(
             block_k=_pallas_block_k(f), interpret=interpret)
     from pallas_kernels.scaled_gemm import triton_call  # GPU only: imports triton
 
-    cfg = config or choose_config(m=f["m"], n=n, kp=f["kp"], group_k=f["g"], mx=f["mx"],
-                                  four_bit=f["four"])
+    cfg = _chosen_config(f, config, n)
     return triton_call.scaled_matmul_triton(
         xv, xs, wv, ws, x_block_k=f["gx"], w_block_k=w_block_k, w_block_n=w_block_n,
         layout=layout, four_bit=f["four"], n=n, out_dtype=jnp.dtype(out_dtype), config=cfg)

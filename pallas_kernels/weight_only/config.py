@@ -155,7 +155,7 @@ class TileConfig:
             # conversion, 3e3 with the PTX upcast); 128 rows are right.
             return f"kernel='swapab' with int8 codes needs block_m <= 128 (got {self.block_m})"
         spans = not (bk >= spec.kp or bk % tk == 0)  # the tile covers several scale blocks
-        ck = min(tk, 32 if spec.four_bit else 16, bk)  # kgemv's chunk (triton_decode.kgemv_chunk)
+        ck = kgemv_chunk(spec, self)
         kgemv_ok = self.kernel == "kgemv" and tk % ck == 0 and bk % ck == 0
         if spans and not (self.kernel == "dot" or (self.kernel == "swapab" and self.pre_scale) or kgemv_ok):
             return f"kernel={self.kernel!r} needs the tile K={tk} inside one scale block (block_k={bk})"
@@ -165,6 +165,11 @@ class TileConfig:
         if not (bn == 1 or bn % tn == 0):
             return f"scale block_n={bn} must be 1 or a multiple of tile block_n={tn}"
         return None
+
+
+def kgemv_chunk(spec: WeightSpec, cfg: TileConfig) -> int:
+    """K values per `kgemv` chunk: inside one scale block and one 16-byte load of a thread."""
+    return min(cfg.block_k, 32 if spec.four_bit else 16, spec.block_k)
 
 
 def split_for(spec: WeightSpec, cfg: TileConfig, m: int, target: int = 4 * NUM_SMS) -> int:

@@ -106,8 +106,9 @@ def weight_spec(w: dict) -> WeightSpec:
                       has_global_scale=w["global_scale"] is not None)
 
 
-def tolerance(x, w_f32, out_dtype, k) -> tuple[float, float]:
-    """(rel, abs): the elementwise bound rel * |reference| + abs on |kernel - reference|.
+def tolerance(x, w: dict, out_dtype) -> tuple[float, float]:
+    """(rel, abs): the elementwise bound rel * |reference| + abs on |kernel - reference| for
+    x @ the stored weight `w` (a `random_weight` dict).
 
     Output rounding: half an ulp of out_dtype relative to |ref| (doubled for margin).
     Contraction: the kernel rounds scaled weights to bf16 before the dot when a tile spans
@@ -119,6 +120,9 @@ def tolerance(x, w_f32, out_dtype, k) -> tuple[float, float]:
     """
     eps_out = {jnp.dtype(jnp.bfloat16): 2.0**-8, jnp.dtype(jnp.float16): 2.0**-10,
                jnp.dtype(jnp.float32): 2.0**-20}[jnp.dtype(out_dtype)]
+    w_f32 = blocks.dequantize_blocks(
+        w["values"], w["scales"], w["zeros"], w["global_scale"], element_dtype=w["element_dtype"],
+        block_k=w["block_k"], block_n=w["block_n"], layout=w["layout"], k=w["k"], n=w["n"])
     xr = float(jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32)))))
     wr = float(jnp.sqrt(jnp.mean(jnp.square(w_f32))))
-    return eps_out, 2.0**-6 * math.sqrt(k) * xr * wr
+    return eps_out, 2.0**-6 * math.sqrt(w["k"]) * xr * wr

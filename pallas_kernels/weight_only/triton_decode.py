@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from pallas_kernels.weight_only import config
+
 try:
     import triton
     import triton.language as tl
@@ -438,19 +440,14 @@ def even_odd(x, block_k: int):
     return jnp.concatenate([t[..., 0::2], t[..., 1::2]], axis=-1).reshape(m, kr)
 
 
-def kgemv_chunk(spec, cfg) -> int:
-    """K values per `kgemv` chunk: inside one scale block and one 16-byte load of a thread."""
-    return min(cfg.block_k, 32 if spec.four_bit else 16, spec.block_k)
-
-
 def kgemv_x(x, spec, cfg, fast4: bool):
     """`kgemv`'s view of x: f32, K padded to kp, and for 4-bit codes each K tile reordered
     [even k; odd k] (`even_odd`) so a thread's K run of x is one vector load. With the f32
     nibble upcast (`fast4`) even k are scaled by 2 and odd k by 1/8 and `cb` holds the 128
-    offsets' share; `xs` is the sum of x (zero points), both per chunk (`kgemv_chunk`).
+    offsets' share; `xs` is the sum of x (zero points), both per chunk (`config.kgemv_chunk`).
     Returns (x (M, kp), cb (M, chunks), xs (M, chunks))."""
     m = x.shape[0]
-    bk, ck = cfg.block_k, kgemv_chunk(spec, cfg)
+    bk, ck = cfg.block_k, config.kgemv_chunk(spec, cfg)
     nt, nc = spec.kp // bk, bk // ck
     x = jnp.pad(x.astype(jnp.float32), ((0, 0), (0, spec.kp - spec.k)))
     if not spec.four_bit:
@@ -480,13 +477,15 @@ def kgemv_args(x, arrays, ints, consts, *, spec, cfg):
     nt = spec.kp // cfg.block_k
     kt = -(-nt // cfg.split_k)
     kt = -(-kt // cfg.unroll) * cfg.unroll  # whole loop steps (`config.split_for`)
+    ck = config.kgemv_chunk(spec, cfg)
+    chunks = spec.kp // ck
     params = dict(
-        M=m, N=spec.n, NP=spec.np_, NT=nt, KT=kt, sxm=spec.kp, sxc=spec.kp // kgemv_chunk(spec, cfg),
+        M=m, N=spec.n, NP=spec.np_, NT=nt, KT=kt, sxm=spec.kp, sxc=chunks,
         sos=m * spec.n if cfg.split_k > 1 else 0, som=spec.n,
         **{k: ints[k] for k in ("swk", "swn", "ssk", "ssn")},
         **{k: consts[k] for k in ("ELEM", "SCALE", "SBK", "SBN", "HAS_Z", "HAS_G", "FAST",
                                   "FACTOR", "BM", "BN", "BK")},
         MODE=0 if spec.block_k >= spec.kp else 1,  # 1: scales per chunk (a tile may span blocks)
-        ZOFF=8.0 if elem == 1 else 0.0, CK=kgemv_chunk(spec, cfg), U=cfg.unroll,
-        NCP=1 << max(0, (spec.kp // kgemv_chunk(spec, cfg) - 1).bit_length()))  # MODE 0: all chunk sums
+        ZOFF=8.0 if elem == 1 else 0.0, CK=ck, U=cfg.unroll,
+        NCP=1 << max(0, (chunks - 1).bit_length()))  # MODE 0: all chunk sums at once
     return (xp, cb, xs, w, s, z, g), params

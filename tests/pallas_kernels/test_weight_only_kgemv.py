@@ -16,7 +16,7 @@ import pytest
 from pallas_kernels import blocks
 from pallas_kernels.weight_only import config as wcfg, testing, triton_kernel
 from pallas_kernels.weight_only.reference import weight_only_matmul_reference
-from pallas_kernels.weight_only.triton_decode import kgemv_chunk, kgemv_x
+from pallas_kernels.weight_only.triton_decode import kgemv_x
 
 
 def run_ptx(asm: str, word: np.ndarray, n_out: int) -> list[np.ndarray]:
@@ -109,7 +109,7 @@ def test_kgemv_math_matches_reference(label, k, m):
     cfg = wcfg.TileConfig(kernel="kgemv", block_m=1, block_n=64, block_k=bk)
     assert cfg.check(spec) is None
     xp, cb, xs = (np.asarray(a) for a in kgemv_x(x, spec, cfg, fast4=True))
-    ck = kgemv_chunk(spec, cfg)
+    ck = wcfg.kgemv_chunk(spec, cfg)
     assert cb.shape == xs.shape == (m, kp // ck)
     signed = jnp.dtype(case.element_dtype) == jnp.int4
     # Stored rows (N, kp/2) bytes; each K tile of one row is bk/2 bytes = bk/8 words.
