@@ -15,8 +15,9 @@ the same math through plain dots).
 Two adaptations, both local to this module:
     * the interpreter reads tensors through a slice of torch.Tensor's API (data_ptr,
       untyped_storage, ...); `_HostArray` provides it over a numpy array (no torch needed);
-    * its `tl.dot` multiplies bf16 operands as their raw uint16 bits (triton 3.6.0); the
-      operands are widened to f32 first (exact), which is what a bf16 dot computes.
+    * its `tl.dot` and float multiply use bf16 operands as their raw uint16 bits (triton
+      3.6.0); the operands are widened to f32 first (exact), which is what a bf16 dot
+      computes, and a bf16 product is rounded back to bf16 (`_patch_bf16`).
 
 `TRITON_INTERPRET=1` must be set before the kernels are defined (`triton.jit` reads it at
 decoration time), so the checks run in their own process:
@@ -113,31 +114,43 @@ class _HostArray:
         return self
 
 
-def _patch_bf16_dot():
+def _patch_bf16():
+    """bf16 tensors are stored as uint16 bits in the interpreter, and its `tl.dot` and float
+    multiply use those integers as numbers (triton 3.6.0): both widen bf16 operands to f32
+    first (exact); the multiply rounds its product back to bf16 (round to nearest even, as
+    the GPU's `mul.rn.bf16`)."""
+    import ml_dtypes
     import triton.language as tl
     from triton.runtime import interpreter
 
     builder = interpreter.InterpreterBuilder
     if getattr(builder.create_dot, "_widens_bf16", False):
         return
-    dot = builder.create_dot
+    dot, fmul = builder.create_dot, builder.create_fmul
+
+    def widen(h):
+        if h.dtype.scalar == tl.bfloat16:  # stored as uint16 bits: the f32 with those top bits
+            return interpreter.TensorHandle((h.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
+        return h
 
     def create_dot(self, a, b, d, *args):
-        def widen(h):
-            if h.dtype.scalar == tl.bfloat16:  # stored as uint16 bits: the f32 with those top bits
-                return interpreter.TensorHandle((h.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
-            return h
         return dot(self, widen(a), widen(b), d, *args)
 
+    def create_fmul(self, lhs, rhs):
+        if lhs.dtype.scalar != tl.bfloat16:
+            return fmul(self, lhs, rhs)
+        prod = widen(lhs).data * widen(rhs).data
+        return interpreter.TensorHandle(prod.astype(ml_dtypes.bfloat16).view(np.uint16), lhs.dtype.scalar)
+
     create_dot._widens_bf16 = True
-    builder.create_dot = create_dot
+    builder.create_dot, builder.create_fmul = create_dot, create_fmul
 
 
 def run_launch(kernel, arrays, out_shape, grid, params) -> np.ndarray:
     """One jax-triton launch (see `triton_kernel.triton_launch`) in the interpreter."""
     if os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError("set TRITON_INTERPRET=1 before importing the kernels (triton.jit reads it)")
-    _patch_bf16_dot()
+    _patch_bf16()
     args = [_HostArray(np.ascontiguousarray(np.asarray(a))) for a in arrays]
     out = _HostArray(np.zeros(out_shape.shape, out_shape.dtype))
     kernel[grid](*args, out, **params)

@@ -185,6 +185,11 @@ def _decode_kernel_configs(m):
             for bk in (128, 32):
                 out.append(TileConfig(block_m=bm, block_n=bn, block_k=bk, num_warps=w, num_stages=1,
                                       kernel="kgemv", unroll=u * 128 // bk))
+        # weight tiles pipelined through shared memory (cp.async, num_stages - 1 steps ahead)
+        for bn, u, w, st in [(256, 1, 8, 3), (256, 1, 8, 4), (256, 2, 8, 3), (128, 1, 4, 3), (128, 2, 4, 4),
+                             (512, 1, 8, 3)]:
+            out.append(TileConfig(block_m=bm, block_n=bn, block_k=128, num_warps=w, num_stages=st,
+                                  kernel="kgemv", unroll=u))
     if m <= 2:
         for bn, bk, w, st in [(256, 32, 4, 6), (256, 16, 4, 8), (512, 16, 8, 6)]:
             out.append(TileConfig(block_m=1, block_n=bn, block_k=bk, num_warps=w, num_stages=st, kernel="gemv"))

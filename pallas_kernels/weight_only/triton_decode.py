@@ -47,7 +47,7 @@ except ImportError:  # CPU-only installs: the Triton path reports itself unavail
     triton = None
 
 if triton is not None:
-    from pallas_kernels.weight_only.triton_kernel import _decode_scale, _decode_tile, _upcast_nibbles
+    from pallas_kernels.weight_only.triton_kernel import _decode_scale, _decode_tile, _upcast_e2m1, _upcast_nibbles
 
     @triton.jit
     def _load_scales(s_ptr, z_ptr, srow, scol, ok, ssk, ssn, SCALE: tl.constexpr,
@@ -195,10 +195,14 @@ if triton is not None:
                 c2 = -z2 * s2
                 HR: tl.constexpr = R // 2 if FOUR else R  # decoded columns per scale block
                 sf = tl.reshape(tl.broadcast_to(s2[:, :, None], (BN, G, HR)), (BN, G * HR))
-                cf = tl.reshape(tl.broadcast_to(c2[:, :, None], (BN, G, HR)), (BN, G * HR))
-                lo = (lo.to(tl.float32) * sf + cf).to(XT)
-                if FOUR:
-                    hi = (hi.to(tl.float32) * sf + cf).to(XT)
+                if ELEM == 4 and XT == tl.bfloat16:  # e2m1 (2 significant bits) * e8m0|e4m3 scale: exact in bf16
+                    lo = lo * sf.to(XT)
+                    hi = hi * sf.to(XT)
+                else:
+                    cf = tl.reshape(tl.broadcast_to(c2[:, :, None], (BN, G, HR)), (BN, G * HR))
+                    lo = (lo.to(tl.float32) * sf + cf).to(XT)
+                    if FOUR:
+                        hi = (hi.to(tl.float32) * sf + cf).to(XT)
             if FOUR and XMODE == 3:
                 a1, b1, a2, b2 = lo, xe, hi, xo
             elif FOUR:
@@ -312,7 +316,7 @@ if triton is not None:
 
     @triton.jit
     def _kgemv_kernel(
-        x_ptr, cb_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, g_ptr, o_ptr,
+        x_ptr, cb_ptr, xs_ptr, r_ptr, w_ptr, s_ptr, z_ptr, g_ptr, o_ptr,
         M: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, NT: tl.constexpr, KT: tl.constexpr,
         sxm: tl.constexpr, sxc: tl.constexpr, swk: tl.constexpr, swn: tl.constexpr,
         ssk: tl.constexpr, ssn: tl.constexpr, sos: tl.constexpr, som: tl.constexpr,
@@ -320,11 +324,12 @@ if triton is not None:
         HAS_Z: tl.constexpr, HAS_G: tl.constexpr, FAST: tl.constexpr, ZOFF: tl.constexpr,
         FACTOR: tl.constexpr, MODE: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, CK: tl.constexpr, U: tl.constexpr,
-        NCP: tl.constexpr,
+        NS: tl.constexpr, NCP: tl.constexpr,
     ):
         """K-contiguous FMA GEMV (see `kgemv_args`). Program (n, m, s): BN output columns,
         BM rows of x, K tiles [s * KT, (s + 1) * KT), U tiles per loop step (unrolled, so
-        their loads are in flight together). Each tile is cut into chunks of CK values that
+        their loads are in flight together; with NS > 1 Triton pipelines the weight loads
+        through shared memory, cp.async NS - 1 steps ahead). Each tile is cut into chunks of CK values that
         lie inside one scale block and inside one thread's vector load: a chunk's products
         are summed in registers, scaled (MODE 1) and kept per chunk in the accumulator, so
         the only cross-thread reduction is the final one, after the K loop."""
@@ -347,17 +352,20 @@ if triton is not None:
             acc = tl.zeros((BM, BN, NC), dtype=tl.float32)
         corr = tl.zeros((BM, 1), dtype=tl.float32)  # MODE 0: sums of cb and of x over chunks
         xsum = tl.zeros((BM, 1), dtype=tl.float32)
-        for t0 in range(0, KT, U):
+        for t0 in tl.range(0, KT, U, num_stages=NS):
             for u in tl.static_range(U):
                 t = pid_s * KT + t0 + u
                 t_ok = t < NT
                 w = tl.load(w_ptr + offs_n[:, None] * swn + (t * BKB + offs_b)[None, :] * swk,
                             mask=n_ok[:, None] & t_ok, other=0, eviction_policy="evict_first")
                 if FOUR:
-                    if ELEM == 4:
-                        lo, hi = _decode_tile(w, ELEM, FAST, tl.float32)
-                        lo = lo.to(tl.float32)
-                        hi = hi.to(tl.float32)
+                    if ELEM == 4:  # value * 2**-126 (`e2m1_to_f32_asm`); x is pre-scaled per row
+                        if FAST:
+                            lo, hi = _upcast_e2m1(w, True)
+                        else:
+                            wi = w.to(tl.uint32)
+                            lo = (((wi & 8) << 28) | ((wi & 7) << 22)).to(tl.float32, bitcast=True)
+                            hi = (((wi & 0x80) << 24) | (((wi >> 4) & 7) << 22)).to(tl.float32, bitcast=True)
                     elif FAST:
                         lo, hi = _upcast_nibbles(w, ELEM == 1, True)
                     else:
@@ -392,7 +400,9 @@ if triton is not None:
                         xk = tl.load(xrow + offs_b, mask=r_ok, other=0.0, eviction_policy="evict_last")
                         p = lo * xk[None, :]
                     d = tl.sum(tl.reshape(p, (BN, NC, CB)), axis=2)  # in-thread: a chunk is one load
-                    if MODE == 1:
+                    if MODE == 1 and ELEM == 4:  # no offsets, no zero points
+                        d = d * s
+                    elif MODE == 1:
                         cb = tl.load(cb_ptr + row * sxc + t * NC + offs_c, mask=r_ok, other=0.0)
                         xs = tl.load(xs_ptr + row * sxc + t * NC + offs_c, mask=r_ok, other=0.0)
                         d = (d - cb[None, :] - z * xs[None, :]) * s
@@ -420,6 +430,11 @@ if triton is not None:
                 out = (out - tl.sum(corr, axis=0) - tl.sum(xsum, axis=0) * z) * s
             else:
                 out = (out - corr - xsum * z[None, :]) * s[None, :]
+        if ELEM == 4:  # undo x's row pre-scale
+            if BM == 1:
+                out = out * tl.load(r_ptr + pid_m)
+            else:
+                out = out * tl.load(r_ptr + offs_m, mask=offs_m < M, other=0.0)[:, None]
         if HAS_G:
             out = out * tl.load(g_ptr)
         if BM == 1:
@@ -445,13 +460,22 @@ def kgemv_x(x, spec, cfg, fast4: bool):
     [even k; odd k] (`even_odd`) so a thread's K run of x is one vector load. With the f32
     nibble upcast (`fast4`) even k are scaled by 2 and odd k by 1/8 and `cb` holds the 128
     offsets' share; `xs` is the sum of x (zero points), both per chunk (`config.kgemv_chunk`).
-    Returns (x (M, kp), cb (M, chunks), xs (M, chunks))."""
+    e2m1 codes decode to value * 2**-126 (`e2m1_to_f32_asm`), so each row of x is scaled by
+    a power of two 2**a that puts its largest |x| just under 2**127 (exact, and every product
+    stays a normal f32); `r` = 2**(126 - a) per row undoes it, and `_factor` with it.
+    Returns (x (M, kp), cb (M, chunks), xs (M, chunks), r (M,))."""
     m = x.shape[0]
     bk, ck = cfg.block_k, config.kgemv_chunk(spec, cfg)
     nt, nc = spec.kp // bk, bk // ck
     x = jnp.pad(x.astype(jnp.float32), ((0, 0), (0, spec.kp - spec.k)))
+    r = jnp.ones((m,), jnp.float32)
+    if jnp.dtype(spec.element_dtype) == jnp.float4_e2m1fn:
+        _, e = jnp.frexp(jnp.max(jnp.abs(x), axis=1))  # max|x| < 2**e
+        a = jnp.minimum(127, 127 - e)
+        x = x * jnp.ldexp(jnp.float32(1), a)[:, None]
+        r = jnp.ldexp(jnp.float32(1), 126 - a)
     if not spec.four_bit:
-        return x, jnp.zeros((m, nt * nc), jnp.float32), x.reshape(m, nt * nc, ck).sum(-1)
+        return x, jnp.zeros((m, nt * nc), jnp.float32), x.reshape(m, nt * nc, ck).sum(-1), r
     t = even_odd(x, bk).reshape(m, nt, 2, nc, ck // 2)
     se, so = t[:, :, 0].sum(-1).reshape(m, -1), t[:, :, 1].sum(-1).reshape(m, -1)
     if fast4:
@@ -459,7 +483,7 @@ def kgemv_x(x, spec, cfg, fast4: bool):
         t = t * jnp.array([2.0, 0.125], jnp.float32)[:, None, None]
     else:
         cb = jnp.zeros_like(se)
-    return t.reshape(m, spec.kp), cb, se + so
+    return t.reshape(m, spec.kp), cb, se + so, r
 
 
 def kgemv_args(x, arrays, ints, consts, *, spec, cfg):
@@ -468,12 +492,13 @@ def kgemv_args(x, arrays, ints, consts, *, spec, cfg):
     loads U tiles of BN rows x BK K of the stored weight (with the "nk" layout, 16-byte runs
     along K), upcasts them to f32 in registers (4-bit: `_upcast_nibbles`, no convert
     instructions) and reduces each tile against x by FMA; the tile's scale multiplies the
-    reduced value (one multiply per output per tile). No tensor cores, no shared-memory
+    reduced value (one multiply per output per tile; e2m1: `e2m1_to_f32_asm`, and r undoes
+    x's row pre-scale after the loop). No tensor cores, no shared-memory
     operand: for M of 1 to a few, where decode must stream W at HBM bandwidth."""
     _, w, s, z, g = arrays
     m = x.shape[0]
     elem = consts["ELEM"]
-    xp, cb, xs = kgemv_x(x, spec, cfg, consts["FAST"] and elem in (1, 2))
+    xp, cb, xs, r = kgemv_x(x, spec, cfg, consts["FAST"] and elem in (1, 2))
     nt = spec.kp // cfg.block_k
     kt = -(-nt // cfg.split_k)
     kt = -(-kt // cfg.unroll) * cfg.unroll  # whole loop steps (`config.split_for`)
@@ -484,8 +509,9 @@ def kgemv_args(x, arrays, ints, consts, *, spec, cfg):
         sos=m * spec.n if cfg.split_k > 1 else 0, som=spec.n,
         **{k: ints[k] for k in ("swk", "swn", "ssk", "ssn")},
         **{k: consts[k] for k in ("ELEM", "SCALE", "SBK", "SBN", "HAS_Z", "HAS_G", "FAST",
-                                  "FACTOR", "BM", "BN", "BK")},
+                                  "BM", "BN", "BK")},
+        FACTOR=1.0 if elem == 4 else consts["FACTOR"],  # e2m1: the row factor r holds it
         MODE=0 if spec.block_k >= spec.kp else 1,  # 1: scales per chunk (a tile may span blocks)
-        ZOFF=8.0 if elem == 1 else 0.0, CK=ck, U=cfg.unroll,
+        ZOFF=8.0 if elem == 1 else 0.0, CK=ck, U=cfg.unroll, NS=cfg.num_stages,
         NCP=1 << max(0, (chunks - 1).bit_length()))  # MODE 0: all chunk sums at once
-    return (xp, cb, xs, w, s, z, g), params
+    return (xp, cb, xs, r, w, s, z, g), params

@@ -11,9 +11,11 @@ Upcast tricks (fast_decode, bf16 activations):
                 exactly); int4 flips the sign bit first (two's complement c -> c ^ 8 = c + 8
                 mod 16). The constant offset (128 or 136) is not subtracted per element:
                 the tile's dot is corrected by `offset * sum_k x` (one multiply per output).
-    e2m1        the 3 magnitude bits moved into an e4m3 byte (`(c & 7) << 2`, sign to bit 7)
-                give exactly value * 2**-6, subnormal 0.5 included; the hardware e4m3 -> f16
-                conversion and the scale (times 64) do the rest.
+    e2m1        the 3 magnitude bits (e1 e0 m) moved into bf16 bits 8-6, the sign to bit 15,
+                are exactly value * 2**-126 (e2m1's encoding with the exponent bias moved;
+                subnormal 0.5 included); one bf16x2 multiply by 2**120 gives value * 2**-6 and
+                the scale (times 64) does the rest (`e2m1_to_bf16_asm`). The portable path
+                builds the same value through an e4m3 byte (`(c & 7) << 2`, sign to bit 7).
     int8, e4m3  Triton's own conversion (e4m3 -> f16 is one instruction per 2 elements).
 Portable decode (fast_decode=False) does the same with elementwise Triton ops; it is what
 Triton's CPU interpreter runs (it has no inline assembly).
@@ -106,12 +108,44 @@ def int8_to_bf16_asm() -> str:
             + "cvt.rn.bf16x2.f32 $0, f1, f0;\ncvt.rn.bf16x2.f32 $1, f3, f2;\n}")
 
 
+def e2m1_to_f32_asm() -> str:
+    """4 code bytes ($8) -> lo f32 ($0-$3), hi f32 ($4-$7) = value * 2**-126, exactly and with
+    no conversion instruction: the nibble shifted to the top of the word, then an arithmetic
+    shift by 6 leaves its sign in bit 31 (and 25-30, masked off) and its magnitude bits
+    (e1 e0 m) in bits 24-22, the low bits of the f32 exponent and the top mantissa bit. That
+    is e2m1's own encoding with the exponent bias moved from 1 to 127, subnormal 0.5 included
+    (f32 exponent 0). 23 instructions per 8 values (`kgemv` pre-scales x per row to match)."""
+    lines = [".reg .b32 t;"]
+    for j in range(4):
+        for out, sh in ((j, 28 - 8 * j), (4 + j, 24 - 8 * j)):  # lo nibble, hi nibble of byte j
+            if sh:
+                lines.append(f"shl.b32 t, $8, {sh};")
+            lines += [f"shr.s32 t, {'t' if sh else '$8'}, 6;", f"and.b32 ${out}, t, 0x81C00000;"]
+    return "{\n" + "\n".join(lines) + "\n}"
+
+
+def e2m1_to_bf16_asm() -> str:
+    """4 code bytes ($4) -> lo bf16 pairs ($0 $1), hi pairs ($2 $3) = value * 2**-6 (`_factor`).
+    Bytes spread to 16-bit lanes by PRMT (hi nibbles from the word shifted by 4); per pair,
+    (t << 6 | t << 12) & 0x81C081C0 is one LOP3 that puts each nibble's magnitude bits in
+    bits 8-6 (bf16 exponent's low bits, top mantissa bit) and its sign in bit 15: exactly
+    value * 2**-126 (bf16 subnormal for 0.5); one bf16x2 multiply by 2**120 makes it
+    value * 2**-6. 21 instructions per 8 values, no conversion instruction."""
+    lines = [".reg .b32 q, z, t, a, b, f;", "mov.b32 z, 0;", "mov.b32 f, 0x7B807B80;", "shr.b32 q, $4, 4;"]
+    for out, (src, sel) in enumerate((("$4", "0x4140"), ("$4", "0x4342"), ("q", "0x4140"), ("q", "0x4342"))):
+        lines += [f"prmt.b32 t, {src}, z, {sel};", "shl.b32 a, t, 6;", "shl.b32 b, t, 12;",
+                  "lop3.b32 t, a, b, 0x81C081C0, 0xa8;", f"mul.rn.bf16x2 ${out}, t, f;"]
+    return "{\n" + "\n".join(lines) + "\n}"
+
+
 if triton is not None:
     _I8_BF16 = tl.constexpr(int8_to_bf16_asm())
     _BF16_S = tl.constexpr(nibbles_to_bf16_asm(True))
     _BF16_U = tl.constexpr(nibbles_to_bf16_asm(False))
     _F32_S = tl.constexpr(nibbles_to_f32_asm(True))
     _F32_U = tl.constexpr(nibbles_to_f32_asm(False))
+    _E2M1_BF16 = tl.constexpr(e2m1_to_bf16_asm())
+    _E2M1_F32 = tl.constexpr(e2m1_to_f32_asm())
 
     @triton.jit
     def _upcast_nibbles(p, SIGNED: tl.constexpr, F32: tl.constexpr):
@@ -139,23 +173,19 @@ if triton is not None:
                                          is_pure=True, pack=4)
 
     @triton.jit
-    def _e2m1_to_e4m3_fast(p):
-        """uint8 tile of packed e2m1 pairs -> (lo, hi) uint8 e4m3 bytes = value * 2**-6."""
-        return tl.inline_asm_elementwise(
-            asm="""{
-            .reg .b32 a, b;
-            and.b32 a, $2, 0x07070707;
-            shl.b32 a, a, 2;
-            and.b32 b, $2, 0x08080808;
-            shl.b32 b, b, 4;
-            or.b32 $0, a, b;
-            shr.b32 a, $2, 2;
-            and.b32 a, a, 0x1c1c1c1c;
-            and.b32 b, $2, 0x80808080;
-            or.b32 $1, a, b;
-            }""",
-            constraints="=r,=r,r",
-            args=[p], dtype=(tl.uint8, tl.uint8), is_pure=True, pack=4)
+    def _upcast_e2m1(p, F32: tl.constexpr):
+        """uint8 tile of packed e2m1 pairs -> (lo, hi) tiles. bf16: value * 2**-6
+        (`e2m1_to_bf16_asm`); F32: value * 2**-126 (`e2m1_to_f32_asm`, `kgemv` only)."""
+        if F32:
+            dt: tl.constexpr = tl.float32
+            cons: tl.constexpr = "=r,=r,=r,=r,=r,=r,=r,=r,r"
+            asm: tl.constexpr = _E2M1_F32
+        else:
+            dt: tl.constexpr = tl.bfloat16
+            cons: tl.constexpr = "=r,=r,=r,=r,r"
+            asm: tl.constexpr = _E2M1_BF16
+        return tl.inline_asm_elementwise(asm=asm, constraints=cons, args=[p], dtype=(dt.value, dt.value),
+                                         is_pure=True, pack=4)
 
     @triton.jit
     def _decode_scale(s, SCALE: tl.constexpr):
@@ -187,10 +217,10 @@ if triton is not None:
             return v, v
         elif ELEM == 4:
             if FAST:
-                lo8, hi8 = _e2m1_to_e4m3_fast(w)
-            else:
-                lo8 = ((w & 7) << 2) | ((w & 8) << 4)
-                hi8 = ((w >> 2) & 0x1C) | (w & 0x80)
+                lo, hi = _upcast_e2m1(w, False)
+                return lo.to(XT), hi.to(XT)
+            lo8 = ((w & 7) << 2) | ((w & 8) << 4)
+            hi8 = ((w >> 2) & 0x1C) | (w & 0x80)
             return (lo8.to(tl.float8e4nv, bitcast=True).to(tl.float32).to(XT),
                     hi8.to(tl.float8e4nv, bitcast=True).to(tl.float32).to(XT))
         else:
@@ -277,7 +307,11 @@ if triton is not None:
                     z2 = _decode_scale(tl.load(z_ptr + sp, mask=s_mask, other=0), SCALE) + OFFSET
                 else:
                     z2 = tl.zeros((G, BN), tl.float32) + OFFSET
-                if FOUR:
+                if ELEM == 4 and XT == tl.bfloat16:  # e2m1 (2 significant bits) * e8m0|e4m3 scale: exact in bf16
+                    sf = tl.reshape(tl.broadcast_to(s2[:, None, :], (G, R // 2, BN)), (BK // 2, BN)).to(XT)
+                    lo = lo * sf
+                    hi = hi * sf
+                elif FOUR:
                     sf = tl.reshape(tl.broadcast_to(s2[:, None, :], (G, R // 2, BN)), (BK // 2, BN))
                     zf = tl.reshape(tl.broadcast_to(z2[:, None, :], (G, R // 2, BN)), (BK // 2, BN))
                     lo = ((lo.to(tl.float32) - zf) * sf).to(XT)

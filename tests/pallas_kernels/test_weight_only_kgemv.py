@@ -20,9 +20,9 @@ from pallas_kernels.weight_only.triton_decode import kgemv_x
 
 
 def run_ptx(asm: str, word: np.ndarray, n_out: int) -> list[np.ndarray]:
-    """Executes the straight-line PTX of the upcasts (mov, shl, shr, xor, prmt, lop3 on .b32;
-    sub.f32; cvt.rn.bf16x2.f32) on a vector of 32-bit input words; returns the output
-    registers $0..$n_out-1."""
+    """Executes the straight-line PTX of the upcasts (mov, shl, shr, xor, and, prmt, lop3 on
+    .b32; shr.s32; sub.f32; cvt.rn.bf16x2.f32; mul.rn.bf16x2) on a vector of 32-bit input
+    words; returns the output registers $0..$n_out-1."""
     regs = {f"${n_out}": word.astype(np.uint32)}
 
     def val(tok):
@@ -47,6 +47,14 @@ def run_ptx(asm: str, word: np.ndarray, n_out: int) -> list[np.ndarray]:
             src = [(a >> np.uint32(8 * i)) & np.uint32(0xFF) for i in range(4)]
             src += [(b >> np.uint32(8 * i)) & np.uint32(0xFF) for i in range(4)]
             regs[args[0]] = sum((src[(sel >> 4 * i) & 7] << np.uint32(8 * i)) for i in range(4)).astype(np.uint32)
+        elif op == "shr.s32":  # arithmetic: the sign bit is replicated
+            regs[args[0]] = (val(args[1]).view(np.int32) >> np.int32(int(args[2]))).view(np.uint32)
+        elif op == "and.b32":
+            regs[args[0]] = (val(args[1]) & val(args[2])).astype(np.uint32)
+        elif op == "mul.rn.bf16x2":  # lane-wise bf16 products, subnormal inputs kept, RNE
+            halves = lambda v, i: ((np.broadcast_to(v, word.shape) >> np.uint32(16 * i)) & np.uint32(0xFFFF)).astype(np.uint16).view(jnp.bfloat16).astype(np.float32)  # noqa: E731
+            prod = [(halves(val(args[1]), i) * halves(val(args[2]), i)).astype(jnp.bfloat16).view(np.uint16).astype(np.uint32) for i in (0, 1)]
+            regs[args[0]] = (prod[0] | (prod[1] << np.uint32(16))).astype(np.uint32)
         elif op == "xor.b32":
             regs[args[0]] = (val(args[1]) ^ val(args[2])).astype(np.uint32)
         elif op == "sub.f32":
@@ -56,7 +64,7 @@ def run_ptx(asm: str, word: np.ndarray, n_out: int) -> list[np.ndarray]:
             regs[args[0]] = ((bf(val(args[1])) << np.uint32(16)) | bf(val(args[2]))).astype(np.uint32)
         elif op == "lop3.b32":
             a, b, c, lut = val(args[1]), val(args[2]), val(args[3]), int(args[4], 0)
-            table = {0xEA: (a & b) | c, 0x6A: (a & b) ^ c}
+            table = {0xEA: (a & b) | c, 0x6A: (a & b) ^ c, 0xA8: (a | b) & c}
             regs[args[0]] = table[lut].astype(np.uint32)
         else:
             raise NotImplementedError(op)
@@ -95,6 +103,32 @@ def test_bf16_upcast_gives_128_plus_code(signed):
     np.testing.assert_array_equal(hi, 128 + u_hi)
 
 
+def e2m1_values(nibbles: np.ndarray) -> np.ndarray:
+    """The e2m1 value of each 4-bit code (ml_dtypes' float4_e2m1fn)."""
+    return nibbles.astype(np.uint8).view(jnp.float4_e2m1fn).astype(np.float32)
+
+
+def test_e2m1_f32_upcast_gives_value_times_2_pow_minus_126():
+    """`kgemv`'s e2m1 upcast on every byte: value * 2**-126 exactly, 0.5 (f32 subnormal) too."""
+    codes = np.arange(256, dtype=np.uint8)
+    outs = run_ptx(triton_kernel.e2m1_to_f32_asm(), codes.view(np.uint32), 8)
+    as_f32 = lambda parts: np.stack(parts, -1).reshape(-1).view(np.float32)  # noqa: E731
+    lo, hi = as_f32(outs[:4]), as_f32(outs[4:])
+    np.testing.assert_array_equal(lo, e2m1_values(codes & 15) * np.float32(2.0**-126))
+    np.testing.assert_array_equal(hi, e2m1_values(codes >> 4) * np.float32(2.0**-126))
+    assert np.signbit(lo[8]) and lo[8] == 0  # -0 stays -0
+
+
+def test_e2m1_bf16_upcast_gives_value_times_2_pow_minus_6():
+    """The tensor-core kernels' e2m1 upcast on every byte: value * 2**-6 (`_factor`)."""
+    codes = np.arange(256, dtype=np.uint8)
+    outs = run_ptx(triton_kernel.e2m1_to_bf16_asm(), codes.view(np.uint32), 4)
+    as_bf16 = lambda parts: np.stack(parts, -1).reshape(-1).view(jnp.bfloat16).astype(np.float32)  # noqa: E731
+    lo, hi = as_bf16(outs[:2]), as_bf16(outs[2:])
+    np.testing.assert_array_equal(lo, e2m1_values(codes & 15) / 64)
+    np.testing.assert_array_equal(hi, e2m1_values(codes >> 4) / 64)
+
+
 @pytest.mark.parametrize("label,k", [("int4-g128", 1000), ("uint4-g128", 512), ("int4-g32", 192),
                                      ("uint4-g32", 160), ("uint4-g32", 256)])
 @pytest.mark.parametrize("m", [1, 3])
@@ -108,7 +142,8 @@ def test_kgemv_math_matches_reference(label, k, m):
     bk = next(b for b in (128, 64, 32) if kp % b == 0)  # g32: tiles across 4 or 2 scale blocks
     cfg = wcfg.TileConfig(kernel="kgemv", block_m=1, block_n=64, block_k=bk)
     assert cfg.check(spec) is None
-    xp, cb, xs = (np.asarray(a) for a in kgemv_x(x, spec, cfg, fast4=True))
+    xp, cb, xs, r = (np.asarray(a) for a in kgemv_x(x, spec, cfg, fast4=True))
+    np.testing.assert_array_equal(r, 1.0)  # the row pre-scale is for e2m1 codes only
     ck = wcfg.kgemv_chunk(spec, cfg)
     assert cb.shape == xs.shape == (m, kp // ck)
     signed = jnp.dtype(case.element_dtype) == jnp.int4
@@ -133,6 +168,42 @@ def test_kgemv_math_matches_reference(label, k, m):
         block_k=w["block_k"], block_n=1, layout="nk", k=k, n=n, out_dtype=jnp.float32))
     assert blocks.is_four_bit(case.element_dtype)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("label", ["mxfp4", "nvfp4"])
+def test_kgemv_e2m1_math_matches_reference_at_any_scale_of_x(label):
+    """e2m1 codes: x pre-scaled per row by a power of two (`kgemv_x`), products with
+    value * 2**-126 (the PTX upcast, executed), chunk sums times the scale, then the row
+    factor r: the reference product for rows of x near 1e30, 1 and 1e-30 (every product a
+    normal f32; no overflow, no flush)."""
+    case = testing.CASES_BY_LABEL[label]
+    k, n, m = 256, 48, 3
+    w = testing.random_weight(jax.random.key(3), case, k, n, layout="nk")
+    row = jnp.array([1e30, 1.0, 1e-30], jnp.float32)[:, None]
+    x = (jax.random.normal(jax.random.key(5), (m, k), jnp.float32) * row).astype(jnp.bfloat16)
+    spec = testing.weight_spec(w)
+    cfg = wcfg.TileConfig(kernel="kgemv", block_m=1, block_n=64, block_k=128)
+    assert cfg.check(spec) is None
+    xp, _, _, r = (np.asarray(a, np.float64) for a in kgemv_x(x, spec, cfg, fast4=False))
+    assert np.abs(xp).max() < 2.0**127  # and the small row is scaled by 2**127, the most an f32 holds
+    outs = run_ptx(triton_kernel.e2m1_to_f32_asm(), np.ascontiguousarray(np.asarray(w["values"])).view(np.uint32).reshape(-1), 8)
+    as_f32 = lambda parts: np.stack(parts, -1).reshape(n_rows, -1).view(np.float32)  # noqa: E731
+    n_rows = w["values"].shape[0]
+    lo, hi = as_f32(outs[:4]).astype(np.float64), as_f32(outs[4:]).astype(np.float64)
+    s = np.asarray(w["scales"].astype(jnp.float32), np.float64)  # (N, groups)
+    out = np.zeros((m, n_rows))
+    half = cfg.block_k // 2
+    for t in range(spec.kp // cfg.block_k):
+        for b in range(half):  # byte b of the tile: codes k = t*bk + 2b (lo), + 1 (hi)
+            kk = t * cfg.block_k + 2 * b
+            p = np.outer(xp[:, t * cfg.block_k + b], lo[:, t * half + b]) + np.outer(xp[:, t * cfg.block_k + half + b], hi[:, t * half + b])
+            out += p * s[None, :, kk // w["block_k"]]
+    out = out[:, :n] * r[:, None] * (0.75 if case.global_scale else 1.0)
+    ref = np.asarray(weight_only_matmul_reference(
+        x, w["values"], w["scales"], w["zeros"], w["global_scale"], element_dtype=case.element_dtype,
+        block_k=w["block_k"], block_n=1, layout="nk", k=k, n=n, out_dtype=jnp.float32), np.float64)
+    for i in range(m):
+        np.testing.assert_allclose(out[i], ref[i], rtol=1e-5, atol=1e-5 * np.abs(ref[i]).max())
 
 
 def test_int8_upcast_is_exact():
