@@ -53,6 +53,7 @@ WEIGHT_ONLY_CASES = tuple(
         ("fma", dict(_T, kernel="fma", block_m=4, block_k=16)),
         ("kgemv", dict(_T, kernel="kgemv", block_m=4, block_k=16, unroll=3)),
         ("kgemv-span", dict(_T, kernel="kgemv", block_m=1, block_k=64)),  # tiles across g16/g32 blocks
+        ("kgemv-even", dict(_T, kernel="kgemv", block_m=1, block_k=16, split_k=1)),  # no masks (EVEN)
     )
 )
 M, K, N = 5, 300, 96  # weight-only: odd M, K off every tile, N off the tile

@@ -179,15 +179,14 @@ def _decode_kernel_configs(m):
     K 16..256; `TileConfig.check` drops the tiles a format cannot take."""
     from pallas_kernels.weight_only.config import TileConfig
     out = []
-    if m <= 8:  # kgemv: K tile 128 (across g16/g32 blocks) or 32, ~512 K per step
+    if m <= 8:  # kgemv: K tile 128 (across g16/g32 blocks; 32-long tiles were ~2x slower in
+        # every session-3/4 sweep), up to 1024 K per step
         bm = 1 << max(0, (m - 1).bit_length())
         for bn, u, w in [(128, 4, 4), (64, 4, 4), (256, 4, 8), (128, 2, 4), (128, 8, 4), (64, 8, 2)]:
-            for bk in (128, 32):
-                out.append(TileConfig(block_m=bm, block_n=bn, block_k=bk, num_warps=w, num_stages=1,
-                                      kernel="kgemv", unroll=u * 128 // bk))
+            out.append(TileConfig(block_m=bm, block_n=bn, block_k=128, num_warps=w, num_stages=1,
+                                  kernel="kgemv", unroll=u))
         # weight tiles pipelined through shared memory (cp.async, num_stages - 1 steps ahead)
-        for bn, u, w, st in [(256, 1, 8, 3), (256, 1, 8, 4), (256, 2, 8, 3), (128, 1, 4, 3), (128, 2, 4, 4),
-                             (512, 1, 8, 3)]:
+        for bn, u, w, st in [(256, 1, 8, 3), (128, 1, 4, 3), (128, 2, 4, 4)]:
             out.append(TileConfig(block_m=bm, block_n=bn, block_k=128, num_warps=w, num_stages=st,
                                   kernel="kgemv", unroll=u))
     if m <= 2:

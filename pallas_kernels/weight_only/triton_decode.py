@@ -324,7 +324,7 @@ if triton is not None:
         HAS_Z: tl.constexpr, HAS_G: tl.constexpr, FAST: tl.constexpr, ZOFF: tl.constexpr,
         FACTOR: tl.constexpr, MODE: tl.constexpr,
         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, CK: tl.constexpr, U: tl.constexpr,
-        NS: tl.constexpr, NCP: tl.constexpr,
+        NS: tl.constexpr, NCP: tl.constexpr, EVEN: tl.constexpr,
     ):
         """K-contiguous FMA GEMV (see `kgemv_args`). Program (n, m, s): BN output columns,
         BM rows of x, K tiles [s * KT, (s + 1) * KT), U tiles per loop step (unrolled, so
@@ -356,8 +356,11 @@ if triton is not None:
             for u in tl.static_range(U):
                 t = pid_s * KT + t0 + u
                 t_ok = t < NT
-                w = tl.load(w_ptr + offs_n[:, None] * swn + (t * BKB + offs_b)[None, :] * swk,
-                            mask=n_ok[:, None] & t_ok, other=0, eviction_policy="evict_first")
+                w_ptrs = w_ptr + offs_n[:, None] * swn + (t * BKB + offs_b)[None, :] * swk
+                if EVEN:  # every column and K tile in range: no masks (a masked load zeroes first)
+                    w = tl.load(w_ptrs, eviction_policy="evict_first")
+                else:
+                    w = tl.load(w_ptrs, mask=n_ok[:, None] & t_ok, other=0, eviction_policy="evict_first")
                 if FOUR:
                     if ELEM == 4:  # value * 2**-126 (`e2m1_to_f32_asm`); x is pre-scaled per row
                         if FAST:
@@ -392,14 +395,22 @@ if triton is not None:
                     row = pid_m * BM + mi
                     r_ok = (row < M) & t_ok
                     xrow = x_ptr + row * sxm + t * BK
-                    if FOUR:
+                    # x: even and odd k for 4-bit codes (`kgemv_x`); no mask when nothing is out of range
+                    if FOUR and EVEN and M % BM == 0:
+                        xe = tl.load(xrow + offs_b, eviction_policy="evict_last")
+                        xo = tl.load(xrow + BKB + offs_b, eviction_policy="evict_last")
+                    elif FOUR:
                         xe = tl.load(xrow + offs_b, mask=r_ok, other=0.0, eviction_policy="evict_last")
                         xo = tl.load(xrow + BKB + offs_b, mask=r_ok, other=0.0, eviction_policy="evict_last")
-                        p = lo * xe[None, :] + hi * xo[None, :]
+                    elif EVEN and M % BM == 0:
+                        xe = tl.load(xrow + offs_b, eviction_policy="evict_last")
                     else:
-                        xk = tl.load(xrow + offs_b, mask=r_ok, other=0.0, eviction_policy="evict_last")
-                        p = lo * xk[None, :]
-                    d = tl.sum(tl.reshape(p, (BN, NC, CB)), axis=2)  # in-thread: a chunk is one load
+                        xe = tl.load(xrow + offs_b, mask=r_ok, other=0.0, eviction_policy="evict_last")
+                    # in-thread chains of products per chunk (a chunk is one load; multiply-adds
+                    # once contracted), two for 4-bit codes
+                    d = tl.sum(tl.reshape(lo * xe[None, :], (BN, NC, CB)), axis=2)
+                    if FOUR:
+                        d += tl.sum(tl.reshape(hi * xo[None, :], (BN, NC, CB)), axis=2)
                     if MODE == 1 and ELEM == 4:  # no offsets, no zero points
                         d = d * s
                     elif MODE == 1:
@@ -513,5 +524,6 @@ def kgemv_args(x, arrays, ints, consts, *, spec, cfg):
         FACTOR=1.0 if elem == 4 else consts["FACTOR"],  # e2m1: the row factor r holds it
         MODE=0 if spec.block_k >= spec.kp else 1,  # 1: scales per chunk (a tile may span blocks)
         ZOFF=8.0 if elem == 1 else 0.0, CK=ck, U=cfg.unroll, NS=cfg.num_stages,
+        EVEN=spec.np_ % cfg.block_n == 0 and kt * cfg.split_k == nt,
         NCP=1 << max(0, (chunks - 1).bit_length()))  # MODE 0: all chunk sums at once
     return (xp, cb, xs, r, w, s, z, g), params
