@@ -50,6 +50,37 @@ if triton is not None:
     from pallas_kernels.weight_only.triton_kernel import _decode_scale, _decode_tile, _upcast_e2m1, _upcast_nibbles
 
     @triton.jit
+    def _ld_nc(ptrs):
+        """Elementwise global load through inline PTX (read-only path), for 1-, 2- and 4-byte
+        elements. Unlike `tl.load` it anchors no register layout, so Triton computes it in the
+        layout of its consumer."""
+        dt: tl.constexpr = ptrs.dtype.element_ty
+        if dt.primitive_bitwidth == 8:
+            v = tl.inline_asm_elementwise("ld.global.nc.u8 $0, [$1];", "=r,l", [ptrs], dtype=tl.int32,
+                                          is_pure=True, pack=1).to(dt)
+        elif dt.primitive_bitwidth == 16:
+            v = tl.inline_asm_elementwise("ld.global.nc.b16 $0, [$1];", "=h,l", [ptrs], dtype=dt.value,
+                                          is_pure=True, pack=1)
+        else:
+            v = tl.inline_asm_elementwise("ld.global.nc.b32 $0, [$1];", "=r,l", [ptrs], dtype=dt.value,
+                                          is_pure=True, pack=1)
+        return v
+
+    @triton.jit
+    def _load_scales_like(s_ptr, z_ptr, srow, scol, ok, ssk, ssn, SCALE: tl.constexpr,
+                          HAS_Z: tl.constexpr, FACTOR: tl.constexpr, OFFSET: tl.constexpr):
+        """`_load_scales` through `_ld_nc`: the scales come out in the layout of the tile they
+        multiply (no shared-memory layout conversion, no barrier); out-of-range entries read
+        scale 0 of the array instead (their products are masked or zero)."""
+        off = tl.where(ok, srow * ssk + scol * ssn, 0)
+        s = _decode_scale(_ld_nc(s_ptr + off), SCALE) * FACTOR
+        if HAS_Z:
+            z = _decode_scale(_ld_nc(z_ptr + off), SCALE) + OFFSET
+        else:
+            z = tl.zeros_like(s) + OFFSET
+        return s, z
+
+    @triton.jit
     def _load_scales(s_ptr, z_ptr, srow, scol, ok, ssk, ssn, SCALE: tl.constexpr,
                      HAS_Z: tl.constexpr, FACTOR: tl.constexpr, OFFSET: tl.constexpr):
         """(scale * FACTOR, zero + OFFSET) of one scale row for the given columns."""
@@ -382,15 +413,14 @@ if triton is not None:
                 else:
                     lo, _ = _decode_tile(w, ELEM, False, tl.float32)
                     lo = lo.to(tl.float32)
-                if MODE == 1 and SBK >= BK:  # one scale row per tile: a vector load
-                    s, z = _load_scales(s_ptr, z_ptr, (t * BK) // SBK, scol, n_ok & t_ok,
-                                        ssk, ssn, SCALE, HAS_Z, FACTOR, ZOFF)
-                    s = s[:, None]
-                    z = z[:, None]
-                elif MODE == 1:
+                if MODE == 1:  # per chunk (a tile may span scale blocks)
                     srow = (t * BK + offs_c * CK) // SBK
-                    s, z = _load_scales(s_ptr, z_ptr, srow[None, :], scol[:, None], n_ok[:, None] & t_ok,
-                                        ssk, ssn, SCALE, HAS_Z, FACTOR, ZOFF)
+                    if FAST:  # in the chunk sums' layout (PTX loads; the interpreter runs tl.load)
+                        s, z = _load_scales_like(s_ptr, z_ptr, srow[None, :], scol[:, None],
+                                                 n_ok[:, None] & t_ok, ssk, ssn, SCALE, HAS_Z, FACTOR, ZOFF)
+                    else:
+                        s, z = _load_scales(s_ptr, z_ptr, srow[None, :], scol[:, None], n_ok[:, None] & t_ok,
+                                            ssk, ssn, SCALE, HAS_Z, FACTOR, ZOFF)
                 for mi in tl.static_range(BM):
                     row = pid_m * BM + mi
                     r_ok = (row < M) & t_ok
