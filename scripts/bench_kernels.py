@@ -203,6 +203,10 @@ def _decode_kernel_configs(m):
     for bn, bk, w, st in [(64, 128, 4, 4), (128, 128, 4, 4), (64, 256, 4, 4), (64, 128, 4, 6)]:
         out.append(TileConfig(block_m=bm, block_n=bn, block_k=bk, num_warps=w, num_stages=st, kernel="swapab",
                               x_mode=3))
+    if m > 16:  # the prefill kernel's tile (decoded, pre-scaled weight as the register operand)
+        for bn, bk, w, st, xm in [(128, 64, 4, 4, 3), (128, 64, 8, 4, 3), (256, 64, 8, 3, 3), (128, 64, 4, 4, 2)]:
+            out.append(TileConfig(block_m=64, block_n=bn, block_k=bk, num_warps=w, num_stages=st, kernel="swapab",
+                                  x_mode=xm, pre_scale=True))
     bm = 16 if m <= 16 else (32 if m <= 32 else 64)  # tensor-core tiles (x padded to 16 rows)
     for bn, bk, xm in [(128, 256, 1), (64, 256, 1), (128, 128, 1), (64, 128, 2)]:
         out.append(TileConfig(block_m=bm, block_n=bn, block_k=bk, num_warps=4, num_stages=4, x_mode=xm))

@@ -213,9 +213,10 @@ def spec_key(spec: WeightSpec) -> str:
 
 
 def m_bucket(m: int) -> str:
-    """M buckets of the tuned table: decode tuned at M=1 and M=16 (a one-row GEMV re-reads
-    the weight per row, so the M=1 entry serves M <= 2 only), prefill at M=1024."""
-    return "m1" if m <= 2 else ("m16" if m <= 64 else "prefill")
+    """M buckets of the tuned table: decode tuned at M=1, 16 and 64 (a one-row GEMV re-reads
+    the weight per row, so the M=1 entry serves M <= 2 only; without an m64 entry the m16
+    one serves M <= 64), prefill at M=1024."""
+    return "m1" if m <= 2 else ("m16" if m <= 16 else ("m64" if m <= 64 else "prefill"))
 
 
 def device_slug(device_kind: str) -> str:
@@ -233,7 +234,8 @@ def tuned_table(device_kind: str) -> dict:
 def tuned_config(m: int, spec: WeightSpec, device_kind: str) -> TileConfig | None:
     """The tuned decode config for (spec, M) on `device_kind`, adapted to M, or None."""
     bucket = m_bucket(m)
-    fields = tuned_table(device_kind).get(spec_key(spec), {}).get(bucket)
+    entries = tuned_table(device_kind).get(spec_key(spec), {})
+    fields = entries.get(bucket) or (entries.get("m16") if bucket == "m64" else None)
     if not fields:
         return None
     fields = dict(fields)
@@ -244,7 +246,7 @@ def tuned_config(m: int, spec: WeightSpec, device_kind: str) -> TileConfig | Non
             return None
         fields["block_m"] = 1 << max(0, (m - 1).bit_length())
     elif fields["kernel"] in ("swapab", "dot") and bucket != "prefill":
-        # One M tile covers all rows (the m16 entry serves M <= 64): a tile of 16 rows at
+        # One M tile covers all rows (an m16 entry may serve M <= 64): a tile of 16 rows at
         # M=64 streams the weight 4 times (seen: mxfp4 at 0.29x XLA bf16, H200).
         fields["block_m"] = 16 if m <= 16 else (32 if m <= 32 else 64)
     cfg = TileConfig(**fields)

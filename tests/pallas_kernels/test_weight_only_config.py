@@ -56,6 +56,18 @@ def test_decode_dot_entries_cover_all_rows_in_one_tile(table, m, block_m):
     assert wcfg.choose_config(m, spec(jnp.uint4, 32), device_kind=table).block_m == block_m
 
 
+def test_m64_entry_serves_17_to_64_rows(table, monkeypatch):
+    """An m64 entry (tuned at M=64) wins over the m16 one from 17 rows on; below, m16 stays."""
+    key = wcfg.table_key(jnp.int4, 128, 1, "kn")
+    t = wcfg.tuned_table(table)
+    monkeypatch.setitem(t, key, dict(t[key], m64=dict(kernel="swapab", block_m=64, block_n=128, block_k=64,
+                                                      num_warps=8, num_stages=4, x_mode=3, pre_scale=True)))
+    assert wcfg.choose_config(16, spec(), device_kind=table).pre_scale is False
+    for m, block_m in ((17, 32), (64, 64)):
+        cfg = wcfg.choose_config(m, spec(), device_kind=table)
+        assert (cfg.kernel, cfg.pre_scale, cfg.block_m, cfg.num_warps) == ("swapab", True, block_m, 8)
+
+
 def test_prefill_entries_keep_their_tile(table):
     for m in (65, 1024, 4096):
         cfg = wcfg.choose_config(m, spec(), device_kind=table)
@@ -109,7 +121,7 @@ def test_committed_tables_are_valid():
         assert wcfg.device_slug(data["device_kind"]) == path.stem
         for key, buckets in data["table"].items():
             for bucket, fields in buckets.items():
-                assert bucket in ("m1", "m16", "prefill") and set(fields) <= set(wcfg.TUNED_FIELDS), (key, bucket)
+                assert bucket in ("m1", "m16", "m64", "prefill") and set(fields) <= set(wcfg.TUNED_FIELDS), (key, bucket)
                 wcfg.TileConfig(**fields)
 
 
