@@ -5,16 +5,18 @@ Same storage contract and scale modes as `triton_kernel._weight_only_kernel` (th
 how a tile's product is formed, which is what decides whether a memory-bound decode streams
 the weight at HBM bandwidth:
 
-    kgemv    the measured best for M = 1 with 4-bit codes (BENCHMARKS.md). Weights stored
-             "nk" (K-major), so a thread's loads are 16-byte runs along K; no tensor cores
-             and no shared-memory operand. 4-bit codes become f32 with no conversion
-             instruction (`_upcast_nibbles`), x arrives as f32 reordered per K tile into
-             [even k; odd k] and pre-scaled by XLA (`kgemv_x`). Products are summed in
-             registers per chunk (<= 32 values, inside one scale block and one thread's
-             load), scaled once per chunk and kept per chunk until after the K loop: no
-             cross-thread reduction per tile, and tiles may span scale blocks (g16/g32).
-             U tiles are loaded per loop step. Its own arguments (`kgemv_args`): the x
-             prologue adds the per-chunk sums.
+    kgemv    the measured best for M = 1 (every format but int8; BENCHMARKS.md). Weights
+             stored "nk" (K-major), so a thread's loads are 16-byte runs along K; no tensor
+             cores and no shared-memory operand. 4-bit codes become f32 with no conversion
+             instruction (`_upcast_nibbles`, `_upcast_e2m1`), x arrives as f32 reordered per
+             K tile into [even k; odd k] and pre-scaled by XLA (`kgemv_x`). Products are
+             summed in registers per chunk (<= 32 values, inside one scale block and one
+             thread's load) as multiply-add chains, scaled once per chunk and kept per chunk
+             until after the K loop: no cross-thread reduction per tile, and tiles may span
+             scale blocks (g16/g32; their scales are loaded in the chunk sums' layout by
+             `_load_scales_like`, so no layout conversion). U tiles are loaded per loop step
+             (num_stages > 1: pipelined through shared memory). Its own arguments
+             (`kgemv_args`): the x prologue adds the per-chunk sums and e2m1's row factors.
 
     gemv     no tensor cores, one row of x per program (M = 1, 2). The product x[k] * w[k, n]
              is accumulated elementwise in a (K tile, BN) register array across the whole K
