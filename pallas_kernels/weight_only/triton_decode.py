@@ -49,7 +49,8 @@ except ImportError:  # CPU-only installs: the Triton path reports itself unavail
     triton = None
 
 if triton is not None:
-    from pallas_kernels.weight_only.triton_kernel import _decode_scale, _decode_tile, _upcast_e2m1, _upcast_nibbles
+    from pallas_kernels.weight_only.triton_kernel import (_decode_scale, _decode_tile, _upcast_e2m1,
+                                                          _upcast_nibbles)
 
     @triton.jit
     def _ld_nc(ptrs):
@@ -228,7 +229,7 @@ if triton is not None:
                 c2 = -z2 * s2
                 HR: tl.constexpr = R // 2 if FOUR else R  # decoded columns per scale block
                 sf = tl.reshape(tl.broadcast_to(s2[:, :, None], (BN, G, HR)), (BN, G * HR))
-                if ELEM == 4 and XT == tl.bfloat16:  # e2m1 (2 significant bits) * e8m0|e4m3 scale: exact in bf16
+                if ELEM == 4 and XT == tl.bfloat16:  # e2m1 (2 significant bits) * e8m0|e4m3: exact in bf16
                     lo = lo * sf.to(XT)
                     hi = hi * sf.to(XT)
                 else:
@@ -362,8 +363,8 @@ if triton is not None:
         """K-contiguous FMA GEMV (see `kgemv_args`). Program (n, m, s): BN output columns,
         BM rows of x, K tiles [s * KT, (s + 1) * KT), U tiles per loop step (unrolled, so
         their loads are in flight together; with NS > 1 Triton pipelines the weight loads
-        through shared memory, cp.async NS - 1 steps ahead). Each tile is cut into chunks of CK values that
-        lie inside one scale block and inside one thread's vector load: a chunk's products
+        through shared memory, cp.async NS - 1 steps ahead). Each tile is cut into chunks of
+        CK values that lie inside one scale block and inside one thread's vector load: a chunk's products
         are summed in registers, scaled (MODE 1) and kept per chunk in the accumulator, so
         the only cross-thread reduction is the final one, after the K loop."""
         FOUR: tl.constexpr = ELEM == 1 or ELEM == 2 or ELEM == 4
@@ -512,7 +513,8 @@ def kgemv_x(x, spec, cfg, fast4: bool):
     offsets' share; `xs` is the sum of x (zero points), both per chunk (`config.kgemv_chunk`).
     e2m1 codes decode to value * 2**-126 (`e2m1_to_f32_asm`), so each row of x is scaled by
     a power of two 2**a that puts its largest |x| just under 2**127 (exact, and every product
-    stays a normal f32); `r` = 2**(126 - a) per row undoes it, and `_factor` with it.
+    stays a normal f32); `r` = 2**(126 - a) per row undoes both (the e2m1 launch passes
+    FACTOR = 1, not `_factor`'s 64).
     Returns (x (M, kp), cb (M, chunks), xs (M, chunks), r (M,))."""
     m = x.shape[0]
     bk, ck = cfg.block_k, config.kgemv_chunk(spec, cfg)

@@ -307,7 +307,7 @@ if triton is not None:
                     z2 = _decode_scale(tl.load(z_ptr + sp, mask=s_mask, other=0), SCALE) + OFFSET
                 else:
                     z2 = tl.zeros((G, BN), tl.float32) + OFFSET
-                if ELEM == 4 and XT == tl.bfloat16:  # e2m1 (2 significant bits) * e8m0|e4m3 scale: exact in bf16
+                if ELEM == 4 and XT == tl.bfloat16:  # e2m1 (2 significant bits) * e8m0|e4m3: exact in bf16
                     sf = tl.reshape(tl.broadcast_to(s2[:, None, :], (G, R // 2, BN)), (BK // 2, BN)).to(XT)
                     lo = lo * sf
                     hi = hi * sf

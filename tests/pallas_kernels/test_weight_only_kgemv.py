@@ -52,9 +52,12 @@ def run_ptx(asm: str, word: np.ndarray, n_out: int) -> list[np.ndarray]:
         elif op == "and.b32":
             regs[args[0]] = (val(args[1]) & val(args[2])).astype(np.uint32)
         elif op == "mul.rn.bf16x2":  # lane-wise bf16 products, subnormal inputs kept, RNE
-            halves = lambda v, i: ((np.broadcast_to(v, word.shape) >> np.uint32(16 * i)) & np.uint32(0xFFFF)).astype(np.uint16).view(jnp.bfloat16).astype(np.float32)  # noqa: E731
-            prod = [(halves(val(args[1]), i) * halves(val(args[2]), i)).astype(jnp.bfloat16).view(np.uint16).astype(np.uint32) for i in (0, 1)]
-            regs[args[0]] = (prod[0] | (prod[1] << np.uint32(16))).astype(np.uint32)
+            def lane(v, i):
+                bits = (np.broadcast_to(v, word.shape) >> np.uint32(16 * i)) & np.uint32(0xFFFF)
+                return bits.astype(np.uint16).view(jnp.bfloat16).astype(np.float32)
+            prod = [(lane(val(args[1]), i) * lane(val(args[2]), i)).astype(jnp.bfloat16).view(np.uint16)
+                    for i in (0, 1)]
+            regs[args[0]] = (prod[0].astype(np.uint32) | (prod[1].astype(np.uint32) << np.uint32(16)))
         elif op == "xor.b32":
             regs[args[0]] = (val(args[1]) ^ val(args[2])).astype(np.uint32)
         elif op == "sub.f32":
@@ -186,17 +189,18 @@ def test_kgemv_e2m1_math_matches_reference_at_any_scale_of_x(label):
     assert cfg.check(spec) is None
     xp, _, _, r = (np.asarray(a, np.float64) for a in kgemv_x(x, spec, cfg, fast4=False))
     assert np.abs(xp).max() < 2.0**127  # and the small row is scaled by 2**127, the most an f32 holds
-    outs = run_ptx(triton_kernel.e2m1_to_f32_asm(), np.ascontiguousarray(np.asarray(w["values"])).view(np.uint32).reshape(-1), 8)
-    as_f32 = lambda parts: np.stack(parts, -1).reshape(n_rows, -1).view(np.float32)  # noqa: E731
-    n_rows = w["values"].shape[0]
+    words = np.ascontiguousarray(np.asarray(w["values"])).view(np.uint32)  # (N, kp/8)
+    outs = run_ptx(triton_kernel.e2m1_to_f32_asm(), words.reshape(-1), 8)
+    as_f32 = lambda parts: np.stack(parts, -1).reshape(words.shape[0], -1).view(np.float32)  # noqa: E731
     lo, hi = as_f32(outs[:4]).astype(np.float64), as_f32(outs[4:]).astype(np.float64)
     s = np.asarray(w["scales"].astype(jnp.float32), np.float64)  # (N, groups)
-    out = np.zeros((m, n_rows))
+    out = np.zeros((m, words.shape[0]))
     half = cfg.block_k // 2
     for t in range(spec.kp // cfg.block_k):
         for b in range(half):  # byte b of the tile: codes k = t*bk + 2b (lo), + 1 (hi)
             kk = t * cfg.block_k + 2 * b
-            p = np.outer(xp[:, t * cfg.block_k + b], lo[:, t * half + b]) + np.outer(xp[:, t * cfg.block_k + half + b], hi[:, t * half + b])
+            p = (np.outer(xp[:, t * cfg.block_k + b], lo[:, t * half + b])
+                 + np.outer(xp[:, t * cfg.block_k + half + b], hi[:, t * half + b]))
             out += p * s[None, :, kk // w["block_k"]]
     out = out[:, :n] * r[:, None] * (0.75 if case.global_scale else 1.0)
     ref = np.asarray(weight_only_matmul_reference(
