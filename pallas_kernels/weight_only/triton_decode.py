@@ -14,7 +14,7 @@ the weight at HBM bandwidth:
              thread's load) as multiply-add chains, scaled once per chunk and kept per chunk
              until after the K loop: no cross-thread reduction per tile, and tiles may span
              scale blocks (g16/g32; their scales are loaded in the chunk sums' layout by
-             `_load_scales_like`, so no layout conversion). U tiles are loaded per loop step
+             `_load_scales` through PTX, so no layout conversion). U tiles are loaded per loop step
              (num_stages > 1: pipelined through shared memory). Its own arguments
              (`kgemv_args`): the x prologue adds the per-chunk sums and e2m1's row factors.
 
@@ -70,25 +70,21 @@ if triton is not None:
         return v
 
     @triton.jit
-    def _load_scales_like(s_ptr, z_ptr, srow, scol, ok, ssk, ssn, SCALE: tl.constexpr,
-                          HAS_Z: tl.constexpr, FACTOR: tl.constexpr, OFFSET: tl.constexpr):
-        """`_load_scales` through `_ld_nc`: the scales come out in the layout of the tile they
-        multiply (no shared-memory layout conversion, no barrier); out-of-range entries read
-        scale 0 of the array instead (their products are masked or zero)."""
-        off = tl.where(ok, srow * ssk + scol * ssn, 0)
-        s = _decode_scale(_ld_nc(s_ptr + off), SCALE) * FACTOR
-        if HAS_Z:
-            z = _decode_scale(_ld_nc(z_ptr + off), SCALE) + OFFSET
-        else:
-            z = tl.zeros_like(s) + OFFSET
-        return s, z
-
-    @triton.jit
     def _load_scales(s_ptr, z_ptr, srow, scol, ok, ssk, ssn, SCALE: tl.constexpr,
-                     HAS_Z: tl.constexpr, FACTOR: tl.constexpr, OFFSET: tl.constexpr):
-        """(scale * FACTOR, zero + OFFSET) of one scale row for the given columns."""
-        s = _decode_scale(tl.load(s_ptr + srow * ssk + scol * ssn, mask=ok, other=0), SCALE) * FACTOR
-        if HAS_Z:
+                     HAS_Z: tl.constexpr, FACTOR: tl.constexpr, OFFSET: tl.constexpr,
+                     PTX: tl.constexpr = False):
+        """(scale * FACTOR, zero + OFFSET) of one scale row for the given columns. PTX: loaded
+        by `_ld_nc`, so they come out in the layout of the tile they multiply (no shared-memory
+        layout conversion, no barrier); out-of-range entries read scale 0 of the array instead
+        (their products are masked or zero)."""
+        if PTX:
+            off = tl.where(ok, srow * ssk + scol * ssn, 0)
+            s = _decode_scale(_ld_nc(s_ptr + off), SCALE) * FACTOR
+        else:
+            s = _decode_scale(tl.load(s_ptr + srow * ssk + scol * ssn, mask=ok, other=0), SCALE) * FACTOR
+        if HAS_Z and PTX:
+            z = _decode_scale(_ld_nc(z_ptr + off), SCALE) + OFFSET
+        elif HAS_Z:
             z = _decode_scale(tl.load(z_ptr + srow * ssk + scol * ssn, mask=ok, other=0), SCALE) + OFFSET
         else:
             z = tl.zeros_like(s) + OFFSET
@@ -418,34 +414,29 @@ if triton is not None:
                     lo = lo.to(tl.float32)
                 if MODE == 1 and SBK >= BK:  # one scale row per tile: a vector load (converted
                     # to the chunk sums' layout through shared memory: measured faster than
-                    # `_load_scales_like` here, int4-g128 M=1, H200)
+                    # the PTX loads here, int4-g128 M=1, H200)
                     s, z = _load_scales(s_ptr, z_ptr, (t * BK) // SBK, scol, n_ok & t_ok,
                                         ssk, ssn, SCALE, HAS_Z, FACTOR, ZOFF)
                     s = s[:, None]
                     z = z[:, None]
                 elif MODE == 1:  # per chunk: the tile spans scale blocks (g16/g32)
                     srow = (t * BK + offs_c * CK) // SBK
-                    if FAST:  # in the chunk sums' layout (PTX loads; the interpreter runs tl.load)
-                        s, z = _load_scales_like(s_ptr, z_ptr, srow[None, :], scol[:, None],
-                                                 n_ok[:, None] & t_ok, ssk, ssn, SCALE, HAS_Z, FACTOR, ZOFF)
-                    else:
-                        s, z = _load_scales(s_ptr, z_ptr, srow[None, :], scol[:, None], n_ok[:, None] & t_ok,
-                                            ssk, ssn, SCALE, HAS_Z, FACTOR, ZOFF)
+                    # in the chunk sums' layout by PTX loads (the interpreter runs tl.load)
+                    s, z = _load_scales(s_ptr, z_ptr, srow[None, :], scol[:, None], n_ok[:, None] & t_ok,
+                                        ssk, ssn, SCALE, HAS_Z, FACTOR, ZOFF, PTX=FAST)
                 for mi in tl.static_range(BM):
                     row = pid_m * BM + mi
                     r_ok = (row < M) & t_ok
                     xrow = x_ptr + row * sxm + t * BK
-                    # x: even and odd k for 4-bit codes (`kgemv_x`); no mask when nothing is out of range
-                    if FOUR and EVEN and M % BM == 0:
+                    # x: even (then odd) k for 4-bit codes (`kgemv_x`); no mask when nothing is out of range
+                    if EVEN and M % BM == 0:
                         xe = tl.load(xrow + offs_b, eviction_policy="evict_last")
-                        xo = tl.load(xrow + BKB + offs_b, eviction_policy="evict_last")
-                    elif FOUR:
-                        xe = tl.load(xrow + offs_b, mask=r_ok, other=0.0, eviction_policy="evict_last")
-                        xo = tl.load(xrow + BKB + offs_b, mask=r_ok, other=0.0, eviction_policy="evict_last")
-                    elif EVEN and M % BM == 0:
-                        xe = tl.load(xrow + offs_b, eviction_policy="evict_last")
+                        if FOUR:
+                            xo = tl.load(xrow + BKB + offs_b, eviction_policy="evict_last")
                     else:
                         xe = tl.load(xrow + offs_b, mask=r_ok, other=0.0, eviction_policy="evict_last")
+                        if FOUR:
+                            xo = tl.load(xrow + BKB + offs_b, mask=r_ok, other=0.0, eviction_policy="evict_last")
                     # in-thread chains of products per chunk (a chunk is one load; multiply-adds
                     # once contracted), two for 4-bit codes
                     d = tl.sum(tl.reshape(lo * xe[None, :], (BN, NC, CB)), axis=2)
@@ -514,18 +505,19 @@ def kgemv_x(x, spec, cfg, fast4: bool):
     e2m1 codes decode to value * 2**-126 (`e2m1_to_f32_asm`), so each row of x is scaled by
     a power of two 2**a that puts its largest |x| just under 2**127 (exact, and every product
     stays a normal f32); `r` = 2**(126 - a) per row undoes both (the e2m1 launch passes
-    FACTOR = 1, not `_factor`'s 64).
+    FACTOR = 1, not `_factor`'s 64), and cb, xs are zeros (the kernel reads neither).
     Returns (x (M, kp), cb (M, chunks), xs (M, chunks), r (M,))."""
     m = x.shape[0]
     bk, ck = cfg.block_k, config.kgemv_chunk(spec, cfg)
     nt, nc = spec.kp // bk, bk // ck
     x = jnp.pad(x.astype(jnp.float32), ((0, 0), (0, spec.kp - spec.k)))
     r = jnp.ones((m,), jnp.float32)
-    if jnp.dtype(spec.element_dtype) == jnp.float4_e2m1fn:
+    if jnp.dtype(spec.element_dtype) == jnp.float4_e2m1fn:  # no offsets or zero points: no sums
         _, e = jnp.frexp(jnp.max(jnp.abs(x), axis=1))  # max|x| < 2**e
         a = jnp.minimum(127, 127 - e)
-        x = x * jnp.ldexp(jnp.float32(1), a)[:, None]
-        r = jnp.ldexp(jnp.float32(1), 126 - a)
+        x = even_odd(x * jnp.ldexp(jnp.float32(1), a)[:, None], bk)
+        zeros = jnp.zeros((m, nt * nc), jnp.float32)
+        return x, zeros, zeros, jnp.ldexp(jnp.float32(1), 126 - a)
     if not spec.four_bit:
         return x, jnp.zeros((m, nt * nc), jnp.float32), x.reshape(m, nt * nc, ck).sum(-1), r
     t = even_odd(x, bk).reshape(m, nt, 2, nc, ck // 2)
