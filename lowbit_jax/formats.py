@@ -117,12 +117,14 @@ class Recipe:
     """A weight format, the activation format paired with it (None: bf16/f16 activations)
     and the storage layout of weights: "nk" (K-major: each output channel's codes are
     contiguous, so decode kernels load 16-byte runs along K and the scaled GEMMs feed the
-    tensor cores K-major; the measured best on H200, BENCHMARKS.md) or "kn"."""
+    tensor cores K-major), "mma" ("nk" rearranged into the tiles of the tensor-core decode
+    GEMV: int8, int4 and uint4 with scale blocks of >= 128 / 64; the measured best for
+    decode on H200, BENCHMARKS.md; prefill reads an "nk" copy) or "kn"."""
 
     name: str
     weight: QuantFormat
     act: QuantFormat | None = None
-    layout: Literal["kn", "nk"] = "nk"
+    layout: Literal["kn", "nk", "mma"] = "nk"
 
     def __post_init__(self):
         if self.weight.kind != "weight":
@@ -188,11 +190,11 @@ def _recipes() -> dict[str, Recipe]:
     f = FORMATS
     R = Recipe
     rs = [
-        R(name="w8a16", weight=f["int8"]),
-        R(name="w4a16", weight=f["int4-g128"]),
+        R(name="w8a16", weight=f["int8"], layout="mma"),
+        R(name="w4a16", weight=f["int4-g128"], layout="mma"),
         R(name="w4a16-g32", weight=f["int4-g32"]),
         R(name="w4a16-g64", weight=f["int4-g64"]),
-        R(name="w4a16-uint4", weight=f["uint4-g128"]),
+        R(name="w4a16-uint4", weight=f["uint4-g128"], layout="mma"),
         R(name="w4a16-uint4-g32", weight=f["uint4-g32"]),
         R(name="w4a16-uint4-g64", weight=f["uint4-g64"]),
         R(name="w8a8-int8", weight=f["int8"], act=f["act-int8-token"]),

@@ -25,6 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lowbit_jax.formats import QuantFormat, Recipe, check_pair, get_format, get_recipe
+from pallas_kernels import blocks
 from lowbit_jax.qtensor import QTensor, dequantize, quantize
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ def quantize_params(
             except ValueError as e:
                 raise ValueError(f"parameter {p!r}: a rule chose {fmt.name}, which recipe "
                                  f"{recipe.name} cannot use with its activations: {e}") from None
-        out.append(quantize(x, fmt, axis=-2, layout=recipe.layout, act=recipe.act))
+        out.append(quantize(x, fmt, axis=-2, layout=_layout_for(p, fmt, recipe.layout), act=recipe.act))
         formats[p] = fmt.name
     unmatched = tuple(pat for (_, _, pat), u in zip(compiled, used) if not u)
     for pat in unmatched:
@@ -149,6 +150,20 @@ def quantize_params(
     report = QuantizeReport(formats, tuple(skipped), unmatched, before, sum(_leaf_bytes(x) for x in out))
     log.info("quantize_params(%s): %s", recipe.name, report)
     return (tree, report) if return_report else tree
+
+
+def _layout_for(p: str, fmt: QuantFormat, layout: str) -> str:
+    """The recipe's layout, except "mma" for a format the tensor-core GEMV does not read (a
+    rule's other element dtype, or scale blocks shorter than its chunk): stored "nk" (the
+    same numbers; only decode speed differs)."""
+    if layout != "mma":
+        return layout
+    edt, bk = fmt.element_dtype, fmt.block[0]
+    if jnp.dtype(edt) not in blocks.MMA_ELEMENTS or (bk and bk % blocks.mma_chunk_k(edt)):
+        log.info("quantize_params: %r (%s) stored 'nk': layout 'mma' serves int8/int4/uint4 with "
+                 "scale blocks of a whole chunk", p, fmt.name)
+        return "nk"
+    return "mma"
 
 
 def _choose(p: str, x, recipe: Recipe, compiled, used) -> QuantFormat | None:

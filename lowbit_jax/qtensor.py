@@ -47,7 +47,7 @@ class QTensor:
       fmt: the QuantFormat.
       shape: the logical shape (what `dequantize` returns); storage may be padded.
       axis: the contraction axis, -2 or -1.
-      layout: "kn" or "nk": where K sits in storage.
+      layout: "kn", "nk" or "mma" (`pallas_kernels.blocks`): where K sits in storage.
       act: the activation format this weight is multiplied with (recipes like w8a8), or None.
     """
 
@@ -86,7 +86,7 @@ class QTensor:
     @property
     def padded_kn(self) -> tuple[int, int]:
         a, b = self.values.shape[-2:]
-        if self.layout == "nk":
+        if self.layout in ("nk", "mma"):
             a, b = b, a
         if blocks.is_four_bit(self.fmt.element_dtype):
             a *= 2
@@ -106,8 +106,8 @@ class QTensor:
             raise ValueError(f"{fmt.name}: values.dtype={self.values.dtype}, expected {want}")
         if self.scales.dtype != fmt.scale_dtype:
             raise ValueError(f"{fmt.name}: scales.dtype={self.scales.dtype}, expected {fmt.scale_dtype}")
-        if self.axis not in (-2, -1) or self.layout not in ("kn", "nk"):
-            raise ValueError(f"axis={self.axis} must be -2 or -1 and layout={self.layout!r} 'kn' or 'nk'")
+        if self.axis not in (-2, -1) or self.layout not in blocks.LAYOUTS:
+            raise ValueError(f"axis={self.axis} must be -2 or -1 and layout={self.layout!r} one of {blocks.LAYOUTS}")
         if self.values.ndim != len(self.shape) or self.values.shape[:-2] != tuple(self.shape[:-2]):
             raise ValueError(f"values.shape={self.values.shape} does not match logical shape={self.shape}")
         k, n = self.kn_shape
@@ -177,8 +177,8 @@ def quantize(
     if 0 in shape:
         raise ValueError(f"cannot quantize an array with a zero-sized axis: shape={shape}")
     layout = layout or "nk"
-    if layout not in ("kn", "nk"):
-        raise ValueError(f"{layout=} must be 'kn' or 'nk'")
+    if layout not in blocks.LAYOUTS:
+        raise ValueError(f"{layout=} must be one of {blocks.LAYOUTS}")
     if fmt.kind == "activation" and ax == -1 and layout == "nk":
         # Activations in their natural (..., M, K) order: the kernels' dynamic quantizer
         # is the definition, so qmatmul's reference and its kernels agree bit for bit.

@@ -11,6 +11,8 @@ Glossary
     tile      what one kernel program loads at a time (a multiple of blocks; kernels only).
     layout    "kn": values are (K, N) (contraction axis first, as in `x @ w`).
               "nk": values are (N, K) (K-major; what fp8 tensor cores and cuBLASLt want).
+              "mma": "nk"'s bytes rearranged for the tensor-core GEMV (`nk_to_mma`): same
+              shape, scales and zeros as "nk"; int8, int4 and uint4 only.
 
 Storage contract for a logical (K, N) weight, K padded to Kp (a multiple of block_k and of
 2 for 4-bit), N padded to Np (a multiple of block_n):
@@ -31,6 +33,8 @@ bit pattern (sign, 2 exponent bits, 1 mantissa bit: magnitudes 0, .5, 1, 1.5, 2,
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -101,6 +105,67 @@ def float_to_codes(x: jax.Array, element_dtype) -> jax.Array:
     raise ValueError(f"{dt} is not a 4-bit element dtype")
 
 
+LAYOUTS = ("kn", "nk", "mma")
+MMA_ELEMENTS = (jnp.dtype(jnp.int8), jnp.dtype(jnp.int4), jnp.dtype(jnp.uint4))
+# Within each run of K values held by one 32-bit word: the stored order of "mma" (4-bit: 8
+# codes, a word's nibble j holds K value 2j and nibble j + 4 holds 2j + 1, so that masking
+# the word shifted by 4j yields the K pair (2j, 2j + 1); int8: 4 codes, bytes 0 and 2 hold
+# K values 0, 1 and bytes 1, 3 hold 2, 3, the nibble planes' pairs likewise).
+_MMA_RUN = {True: np.array([0, 2, 4, 6, 1, 3, 5, 7]), False: np.array([0, 2, 1, 3])}
+
+
+def mma_chunk_k(element_dtype) -> int:
+    """K values of one "mma" chunk: 64 stored bytes of a row (128 4-bit codes, 64 int8)."""
+    return 128 if is_four_bit(element_dtype) else 64
+
+
+def mma_layout_reason(element_dtype, kp: int, np_: int) -> str | None:
+    """Why a (kp, np_) padded weight cannot be stored "mma" (None when it can)."""
+    if jnp.dtype(element_dtype) not in MMA_ELEMENTS:
+        return f"layout 'mma' stores int8, int4 and uint4 codes, not {jnp.dtype(element_dtype)}"
+    ck = mma_chunk_k(element_dtype)
+    if kp % ck or np_ % 16:
+        return (f"layout 'mma' needs padded K={kp} to be a multiple of {ck} and N={np_} a multiple of 16 "
+                f"(tiles of 16 rows x 64 bytes)")
+    return None
+
+
+def nk_to_mma(values: jax.Array, element_dtype) -> jax.Array:
+    """"nk" values (..., Np, B) -> "mma" values of the same shape. Each 16-row x 64-byte
+    tile (rows T*16 .. +16, bytes c*64 .. +64) becomes 1 KB in a row: rows 0-7 then 8-15,
+    each as 32 lanes (lane 4g + t: row g's bytes t*16 .. +16), the K runs inside a word
+    reordered by `_MMA_RUN`. A warp of the tensor-core GEMV loads a tile per chunk as two
+    fully contiguous 512-byte rows of 16-byte vectors (triton_mma.py)."""
+    four = is_four_bit(element_dtype)
+    *lead, n, nb = values.shape
+    run = _MMA_RUN[four]
+    if four:
+        codes = unpack_nibbles(values, -1)
+        codes = codes.reshape(*lead, n, -1, 8)[..., run].reshape(*lead, n, 2 * nb)
+        b = pack_nibbles(codes, -1)
+    else:
+        b = values.reshape(*lead, n, -1, 4)[..., run].reshape(*lead, n, nb)
+    b = b.reshape(*lead, n // 16, 2, 8, nb // 64, 4, 16)
+    k = len(lead)
+    b = jnp.transpose(b, (*range(k), k, k + 3, k + 1, k + 2, k + 4, k + 5))
+    return b.reshape(*lead, n, nb)
+
+
+def mma_to_nk(values: jax.Array, element_dtype) -> jax.Array:
+    """Inverse of `nk_to_mma`."""
+    four = is_four_bit(element_dtype)
+    *lead, n, nb = values.shape
+    k = len(lead)
+    b = values.reshape(*lead, n // 16, nb // 64, 2, 8, 4, 16)
+    b = jnp.transpose(b, (*range(k), k, k + 2, k + 3, k + 1, k + 4, k + 5)).reshape(*lead, n, nb)
+    inv = np.argsort(_MMA_RUN[four])
+    if four:
+        codes = unpack_nibbles(b, -1)
+        codes = codes.reshape(*lead, n, -1, 8)[..., inv].reshape(*lead, n, 2 * nb)
+        return pack_nibbles(codes, -1)
+    return b.reshape(*lead, n, -1, 4)[..., inv].reshape(*lead, n, nb)
+
+
 def decode_values(values: jax.Array, element_dtype, *, k_axis: int) -> jax.Array:
     """Stored values -> f32 elements (unpacking 4-bit ones along `k_axis`)."""
     if is_four_bit(element_dtype):
@@ -130,8 +195,10 @@ def dequantize_blocks(
     n: int | None = None,
 ) -> jax.Array:
     """Returns the f32 (..., k, n) weight (always "kn" order) described by the contract."""
-    if layout not in ("kn", "nk"):
-        raise ValueError(f"{layout=} must be 'kn' or 'nk'")
+    if layout not in LAYOUTS:
+        raise ValueError(f"{layout=} must be one of {LAYOUTS}")
+    if layout == "mma":
+        values, layout = mma_to_nk(values, element_dtype), "nk"
     k_axis, n_axis = (-2, -1) if layout == "kn" else (-1, -2)
     w = decode_values(values, element_dtype, k_axis=k_axis)
     blk = (block_k, block_n) if layout == "kn" else (block_n, block_k)
@@ -212,8 +279,8 @@ def quantize_blocks(
       mx-up     s = 2**ceil(log2(amax / element_max)): never clips (jax.nn's MX quantizer).
       nvfp4     g = amax_tensor / (6 * 448) per matrix; per block s = e4m3(amax_b / 6 / g).
     """
-    if layout not in ("kn", "nk"):
-        raise ValueError(f"{layout=} must be 'kn' or 'nk'")
+    if layout not in LAYOUTS:
+        raise ValueError(f"{layout=} must be one of {LAYOUTS}")
     if scale_rule not in SCALE_RULES:
         raise ValueError(f"unknown {scale_rule=}; valid: {SCALE_RULES}")
     edt, sdt = jnp.dtype(element_dtype), jnp.dtype(scale_dtype)
@@ -222,6 +289,12 @@ def quantize_blocks(
     bk = block_k or padded_size(k, 1, edt)
     bn = block_n or n
     kp, np_ = padded_size(k, bk, edt), padded_size(n, bn, jnp.int8)
+    if layout == "mma":  # whole tiles: K to the chunk (and the block), N to 16 rows
+        if jnp.dtype(edt) not in MMA_ELEMENTS:
+            raise ValueError(mma_layout_reason(edt, kp, np_))
+        ck = mma_chunk_k(edt)
+        kp = padded_size(k, math.lcm(ck, block_k or ck), edt)
+        np_ = padded_size(n, math.lcm(16, bn), jnp.int8)
     if block_k is None:
         bk = kp
     if block_n is None:
@@ -281,8 +354,10 @@ def quantize_blocks(
         values = pack_nibbles(float_to_codes(q, edt), axis=-2)
     else:
         values = q.astype(edt)
-    if layout == "nk":
+    if layout in ("nk", "mma"):
         values = jnp.swapaxes(values, -1, -2)
         s = jnp.swapaxes(s, -1, -2)
         zeros = None if zeros is None else jnp.swapaxes(zeros, -1, -2)
+    if layout == "mma":
+        values = nk_to_mma(values, edt)
     return values, s, zeros, gscale

@@ -189,6 +189,12 @@ def _decode_kernel_configs(m):
         for bn, u, w, st in [(256, 1, 8, 3), (128, 1, 4, 3), (128, 2, 4, 4)]:
             out.append(TileConfig(block_m=bm, block_n=bn, block_k=128, num_warps=w, num_stages=st,
                                   kernel="kgemv", unroll=u))
+    if m <= 64:  # tensor-core GEMV (mma.sync, weight as the 16-row operand): chunk 128 (4-bit) or 64 (int8)
+        for w, u, tn in [(4, 2, 1), (4, 2, 2), (4, 1, 2), (4, 1, 4), (2, 2, 2), (2, 2, 4), (8, 1, 2), (4, 4, 1),
+                         (2, 4, 2), (8, 2, 1)]:
+            for bk in (128, 64):
+                out.append(TileConfig(block_m=8 if m <= 8 else 16, block_n=16 * w * tn, block_k=bk, num_warps=w,
+                                      num_stages=1, kernel="mma", unroll=u))
     if m <= 2:
         for bn, bk, w, st in [(256, 32, 4, 6), (256, 16, 4, 8), (512, 16, 8, 6)]:
             out.append(TileConfig(block_m=1, block_n=bn, block_k=bk, num_warps=w, num_stages=st, kernel="gemv"))

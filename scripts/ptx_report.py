@@ -26,7 +26,8 @@ import jax.numpy as jnp
 
 from pallas_kernels.weight_only import config as wcfg, testing, triton_kernel
 
-_PTR = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "uint8": "u8", "int8": "i8"}
+_PTR = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "uint8": "u8", "int8": "i8",
+        "uint32": "u32", "int32": "i32"}
 
 
 def compile_launch(kernel, arrays, out_shape, params, *, num_warps: int, num_stages: int):
@@ -46,7 +47,8 @@ def compile_launch(kernel, arrays, out_shape, params, *, num_warps: int, num_sta
 
 
 def resources(compiled) -> dict:
-    """{'regs', 'stack', 'loads': Counter of global-load forms, 'widest': bytes}."""
+    """{'regs', 'stack', 'loads': Counter of global-load forms, 'widest': bytes, 'mma_sync':
+    warp-level MMAs, 'shared': shared-memory accesses and barriers} of the PTX and cubin."""
     import triton
     ptx = compiled.asm["ptx"]
     loads = collections.Counter()
@@ -65,7 +67,9 @@ def resources(compiled) -> dict:
                              capture_output=True, text=True, check=True).stdout
     regs = int(re.search(r"REG:(\d+)", res).group(1))
     stack = int(re.search(r"STACK:(\d+)", res).group(1))
-    return dict(regs=regs, stack=stack, loads=loads, widest=max(loads, default=0))
+    return dict(regs=regs, stack=stack, loads=loads, widest=max(loads, default=0),
+                mma_sync=len(re.findall(r"mma\.sync", ptx)),
+                shared=len(re.findall(r"(?:ld|st)\.shared|bar\.sync", ptx)))
 
 
 def report_case(label: str, k: int, n: int, m: int, layout: str, device_kind: str | None,

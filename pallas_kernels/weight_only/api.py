@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from pallas_kernels import blocks
 from pallas_kernels.weight_only import mosaic_kernel, triton_kernel
 from pallas_kernels.weight_only.config import (
-    ELEMENT_DTYPES, SCALE_DTYPES, TileConfig, WeightSpec, choose_config)
+    ELEMENT_DTYPES, MMA_MAX_M, SCALE_DTYPES, TileConfig, WeightSpec, choose_config)
 from pallas_kernels.weight_only.pallas_kernel import weight_only_matmul_pallas
 from pallas_kernels.weight_only.reference import weight_only_matmul_reference
 
@@ -71,8 +71,8 @@ def unsupported_reason(x_shape, x_dtype, *, element_dtype, scale_dtype, block_k:
         return f"element_dtype={jnp.dtype(element_dtype)} not in {ELEMENT_DTYPES}"
     if jnp.dtype(scale_dtype) not in SCALE_DTYPES:
         return f"scale_dtype={jnp.dtype(scale_dtype)} not in {SCALE_DTYPES}"
-    if layout not in ("kn", "nk"):
-        return f"{layout=} must be 'kn' or 'nk'"
+    if layout not in blocks.LAYOUTS:
+        return f"{layout=} must be one of {blocks.LAYOUTS}"
     if len(x_shape) != 2 or x_shape[-1] != k:
         return f"x_shape={tuple(x_shape)} must be (M, {k=})"
     if impl == "xla":
@@ -143,6 +143,16 @@ def _mosaic_config(config) -> mosaic_kernel.MosaicConfig:
                                       tile_k=config.block_k)
 
 
+def _reads_mma(impl: str, m: int, config) -> bool:
+    """Whether a product with an "mma"-stored weight runs `triton_mma` (decode, M <= MMA_MAX_M,
+    on GPU, or an explicit config of that kernel)."""
+    if impl not in ("auto", "triton"):
+        return False
+    if config is not None:
+        return getattr(config, "kernel", None) == "mma"
+    return m <= MMA_MAX_M and _on_gpu() and triton_kernel.available() is None
+
+
 def _kernel_call(x, values, scales, zeros, global_scale, *, chosen, spec, cfg, out_dtype,
                  interpret):
     if chosen == "mosaic":
@@ -196,7 +206,7 @@ def weight_only_matmul(x, values, scales, zeros=None, global_scale=None, *, elem
 
     `config`: a TileConfig (Triton/Pallas) or a MosaicConfig (impl="mosaic"); None picks one.
 
-    values/scales/zeros/global_scale follow `pallas_kernels.blocks` ("kn" or "nk" layout).
+    values/scales/zeros/global_scale follow `pallas_kernels.blocks` ("kn", "nk" or "mma").
     Leading batch axes of x are flattened into M.
     """
     out_dtype = jnp.dtype(out_dtype or x.dtype)
@@ -205,6 +215,8 @@ def weight_only_matmul(x, values, scales, zeros=None, global_scale=None, *, elem
         x = x.reshape(-1, x.shape[-1])
     if x.shape[-1] != k:
         raise ValueError(f"x.shape[-1]={x.shape[-1]} must equal {k=}")
+    if layout not in blocks.LAYOUTS:
+        raise ValueError(f"{layout=} must be one of {blocks.LAYOUTS}")
     kdim = 0 if layout == "kn" else 1
     kp = values.shape[kdim] * (2 if blocks.is_four_bit(element_dtype) else 1)
     np_ = values.shape[1 - kdim]
@@ -217,6 +229,10 @@ def weight_only_matmul(x, values, scales, zeros=None, global_scale=None, *, elem
                          f"{block_k=}, {block_n=}, {layout=}")
     if zeros is not None and (zeros.shape != scales.shape or zeros.dtype != scales.dtype):
         raise ValueError(f"zeros {zeros.shape} {zeros.dtype} must match scales {scales.shape} {scales.dtype}")
+    if layout == "mma" and not _reads_mma(impl, x.shape[0], config):
+        # Only the tensor-core GEMV reads "mma"; every other path gets the "nk" bytes back
+        # (one XLA pass over the weight, per call: prefill, CPU, explicit other kernels).
+        values, layout = blocks.mma_to_nk(values, element_dtype), "nk"
     kw = dict(element_dtype=element_dtype, scale_dtype=scales.dtype, block_k=block_k,
               block_n=block_n, layout=layout, k=k, n=n, kp=kp, np_=np_, config=config,
               has_global_scale=global_scale is not None)

@@ -40,8 +40,9 @@ SCALE_DTYPES = tuple(
     jnp.dtype(d)
     for d in (jnp.float32, jnp.bfloat16, jnp.float8_e8m0fnu, jnp.float8_e4m3fn)
 )
-KERNELS = ("dot", "gemv", "fma", "swapab", "kgemv")
+KERNELS = ("dot", "gemv", "fma", "swapab", "kgemv", "mma")
 NUM_SMS = 132  # H100 SXM / H200; only used to size split-K, never for correctness.
+MMA_MAX_M = 64  # the tensor-core GEMV (layout "mma") serves decode up to this many rows of x
 
 
 def _pow2(v: int) -> bool:
@@ -69,8 +70,8 @@ class WeightSpec:
             raise ValueError(f"element_dtype={self.element_dtype} not in {ELEMENT_DTYPES}")
         if self.scale_dtype not in SCALE_DTYPES:
             raise ValueError(f"scale_dtype={self.scale_dtype} not in {SCALE_DTYPES}")
-        if self.layout not in ("kn", "nk"):
-            raise ValueError(f"layout={self.layout!r} must be 'kn' or 'nk'")
+        if self.layout not in blocks.LAYOUTS:
+            raise ValueError(f"layout={self.layout!r} must be one of {blocks.LAYOUTS}")
         if self.block_k <= 0 or self.block_n <= 0:
             raise ValueError(f"block_k={self.block_k} and block_n={self.block_n} must be > 0")
         if self.kp % self.block_k:
@@ -134,11 +135,21 @@ class TileConfig:
             raise ValueError(f"x_mode={self.x_mode} must be 0, 1, 2 or 3")
         if self.x_mode == 3 and self.kernel != "swapab":
             raise ValueError(f"x_mode=3 (x reordered into even/odd k) is a 'swapab' mode, not {self.kernel!r}'s")
+        if self.kernel == "mma" and self.unroll not in (1, 2, 4):
+            raise ValueError(f"kernel='mma' prefetches unroll = 1, 2 or 4 chunks per loop step (got {self.unroll})")
+        if self.kernel == "mma" and (self.block_m not in (8, 16)
+                                     or self.block_n not in (16 * self.num_warps * tn for tn in (1, 2, 4))):
+            raise ValueError(f"kernel='mma' needs block_m in (8, 16) (n8 blocks of x rows) and block_n = 16 * "
+                             f"num_warps * (1, 2 or 4) (16-row tiles per warp): got {self.block_m}, "
+                             f"{self.block_n}, {self.num_warps}")
         if self.kernel == "swapab" and self.block_m < 16:
             raise ValueError(f"kernel='swapab' needs block_m={self.block_m} >= 16 (tensor-core tile)")
 
     def check(self, spec: WeightSpec) -> str | None:
         """Why this tile cannot cover `spec` (None when it can)."""
+        if (spec.layout == "mma") != (self.kernel == "mma"):
+            return (f"layout {spec.layout!r} is read by {'only' if spec.layout == 'mma' else 'every kernel but'} "
+                    f"the tensor-core GEMV kernel='mma' (got kernel={self.kernel!r})")
         bk, tk = spec.block_k, self.block_k
         if spec.four_bit and tk % 2:
             return f"tile block_k={tk} must be even for 4-bit elements"
@@ -161,10 +172,28 @@ class TileConfig:
             return f"kernel={self.kernel!r} needs the tile K={tk} inside one scale block (block_k={bk})"
         if self.kernel == "kgemv" and spec.kp % tk:
             return f"kernel='kgemv' needs padded kp={spec.kp} to be a multiple of the tile K={tk}"
+        if self.kernel == "mma":
+            return _mma_check(spec, self)
         bn, tn = spec.block_n, self.block_n
         if not (bn == 1 or bn % tn == 0):
             return f"scale block_n={bn} must be 1 or a multiple of tile block_n={tn}"
         return None
+
+
+def _mma_check(spec: WeightSpec, cfg: TileConfig) -> str | None:
+    """Why the `mma` kernel (triton_mma.py) cannot cover `spec` with `cfg`."""
+    ck = blocks.mma_chunk_k(spec.element_dtype)
+    if (why := blocks.mma_layout_reason(spec.element_dtype, spec.kp, spec.np_)) is not None:
+        return why
+    if spec.block_n != 1:
+        return f"kernel='mma' needs per-row scales (block_n=1, got {spec.block_n})"
+    if cfg.block_k != ck:
+        return f"kernel='mma' has a fixed chunk block_k={ck} for {spec.element_dtype} (got {cfg.block_k})"
+    if not (spec.block_k >= spec.kp or spec.block_k % ck == 0):
+        return f"kernel='mma' needs scale block_k={spec.block_k} to be a multiple of its chunk of {ck}"
+    if (spec.kp // ck) % (cfg.split_k * cfg.unroll):
+        return f"kernel='mma' needs split_k * unroll = {cfg.split_k * cfg.unroll} to divide the {spec.kp // ck} chunks"
+    return None
 
 
 def kgemv_chunk(spec: WeightSpec, cfg: TileConfig) -> int:
@@ -178,7 +207,9 @@ def split_for(spec: WeightSpec, cfg: TileConfig, m: int, target: int = 4 * NUM_S
     (`unroll` K tiles each) that gives `target` programs, so every program gets the same
     whole number of steps; the other kernels use `_split_k`."""
     n_tiles, m_tiles = -(-spec.np_ // cfg.block_n), -(-m // cfg.block_m)
-    if cfg.kernel != "kgemv":
+    if cfg.kernel == "mma":
+        m_tiles = 1  # rows of x by 16 inside the program
+    elif cfg.kernel != "kgemv":
         return _split_k(spec, cfg.block_k, n_tiles, m_tiles, target)
     steps = -(-(spec.kp // cfg.block_k) // cfg.unroll)
     return next((s for s in range(1, steps + 1) if steps % s == 0 and n_tiles * m_tiles * s >= target),
@@ -241,6 +272,8 @@ def tuned_config(m: int, spec: WeightSpec, device_kind: str) -> TileConfig | Non
     fields = dict(fields)
     if fields["kernel"] == "gemv":
         fields["block_m"] = 1
+    elif fields["kernel"] == "mma":
+        fields["block_m"] = 8 if m <= 8 else 16
     elif fields["kernel"] in ("fma", "kgemv"):
         if m > 8:
             return None
@@ -266,6 +299,10 @@ def choose_config(m: int, spec: WeightSpec, *, backend: str = "triton",
     if backend == "triton" and device_kind is not None:
         if (cfg := tuned_config(m, spec, device_kind)) is not None:
             return cfg
+    if spec.layout == "mma":  # the tensor-core GEMV is the one kernel that reads "mma"
+        cfg = TileConfig(block_m=8 if m <= 8 else 16, block_n=128, block_k=blocks.mma_chunk_k(spec.element_dtype),
+                         num_warps=4, num_stages=1, unroll=1, kernel="mma")
+        return dataclasses.replace(cfg, split_k=split_for(spec, cfg, m))
     bk_scale = spec.block_k
     if m <= 64:  # decode: memory-bound GEMV-like
         block_m = 16 if m <= 16 else (32 if m <= 32 else 64)

@@ -46,20 +46,22 @@ WEIGHT_CASES = (
 CASES_BY_LABEL = {c.label: c for c in WEIGHT_CASES}
 
 
-def padded_k(case: WeightCase, k: int) -> tuple[int, int]:
-    """(kp, block_k) for a logical K."""
-    if case.block_k is None:
-        kp = k + (k % 2 if blocks.is_four_bit(case.element_dtype) else 0)
-        return kp, kp
-    kp = -(-k // case.block_k) * case.block_k
-    return kp, case.block_k
+def padded_k(case: WeightCase, k: int, layout: str = "kn") -> tuple[int, int]:
+    """(kp, block_k) for a logical K ("mma": whole chunks, as `blocks.quantize_blocks` pads)."""
+    step = case.block_k or (2 if blocks.is_four_bit(case.element_dtype) else 1)
+    if layout == "mma":
+        step = math.lcm(step, blocks.mma_chunk_k(case.element_dtype))
+    kp = -(-k // step) * step
+    return kp, case.block_k or kp
 
 
 def random_weight(key, case: WeightCase, k: int, n: int, layout: str = "kn") -> dict:
     """Stored arrays + static kwargs for `weight_only_matmul` of a logical (k, n) weight."""
-    kp, bk = padded_k(case, k)
+    kp, bk = padded_k(case, k, layout)
     bn = case.block_n
     np_ = -(-n // bn) * bn
+    if layout == "mma":
+        np_ = -(-n // 16) * 16
     kv, ks, kz = jax.random.split(key, 3)
     edt = jnp.dtype(case.element_dtype)
     if blocks.is_four_bit(edt):
@@ -81,10 +83,12 @@ def random_weight(key, case: WeightCase, k: int, n: int, layout: str = "kn") -> 
     if case.zeros:
         zeros = jax.random.uniform(kz, sshape, jnp.float32, 4.0, 11.0).astype(sdt)
     global_scale = jnp.float32(0.75) if case.global_scale else None
-    if layout == "nk":
+    if layout in ("nk", "mma"):
         values = values.T
         scales = scales.T
         zeros = zeros.T if zeros is not None else None
+    if layout == "mma":
+        values = blocks.nk_to_mma(values, edt)
     return dict(values=values, scales=scales, zeros=zeros, global_scale=global_scale,
                 element_dtype=edt, block_k=bk, block_n=bn, layout=layout, k=k, n=n)
 
@@ -126,3 +130,61 @@ def tolerance(x, w: dict, out_dtype) -> tuple[float, float]:
     xr = float(jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32)))))
     wr = float(jnp.sqrt(jnp.mean(jnp.square(w_f32))))
     return eps_out, 2.0**-6 * math.sqrt(w["k"]) * xr * wr
+
+
+def run_ptx(asm: str, word, n_out: int) -> list[np.ndarray]:
+    """Executes the straight-line PTX of the upcasts (mov, shl, shr, xor, and, prmt, lop3 on
+    .b32; shr.s32; sub.f32; cvt.rn.bf16x2.f32; mul.rn.bf16x2) on vectors of 32-bit input
+    words (one array: $n_out; a list: $n_out, $n_out + 1, ...); returns the output registers
+    $0..$n_out-1."""
+    words = [word] if isinstance(word, np.ndarray) else list(word)
+    word = np.broadcast_arrays(*words)[0]
+    regs = {f"${n_out + i}": w.astype(np.uint32) for i, w in enumerate(words)}
+
+    def val(tok):
+        if tok in regs:
+            return regs[tok]
+        return np.uint32(int(tok[2:], 16) if tok.startswith("0f") else int(tok, 0))  # 0fXXXXXXXX: f32 bits
+
+    f32 = lambda v: np.asarray(v, np.uint32).view(np.float32)  # noqa: E731
+    for line in asm.strip("{}\n").split("\n"):
+        op, _, rest = line.strip().rstrip(";").partition(" ")
+        args = [a.strip() for a in rest.split(",")]
+        if op.startswith(".reg"):
+            continue
+        if op == "mov.b32":
+            regs[args[0]] = np.broadcast_to(val(args[1]), word.shape).astype(np.uint32)
+        elif op == "shl.b32":
+            regs[args[0]] = (val(args[1]) << np.uint32(int(args[2]))).astype(np.uint32)
+        elif op == "shr.b32":
+            regs[args[0]] = (val(args[1]) >> np.uint32(int(args[2]))).astype(np.uint32)
+        elif op == "prmt.b32":  # bytes of {b, a}: selector nibble i picks result byte i
+            a, b, sel = val(args[1]), val(args[2]), int(args[3], 0)
+            src = [(a >> np.uint32(8 * i)) & np.uint32(0xFF) for i in range(4)]
+            src += [(b >> np.uint32(8 * i)) & np.uint32(0xFF) for i in range(4)]
+            regs[args[0]] = sum((src[(sel >> 4 * i) & 7] << np.uint32(8 * i)) for i in range(4)).astype(np.uint32)
+        elif op == "shr.s32":  # arithmetic: the sign bit is replicated
+            regs[args[0]] = (val(args[1]).view(np.int32) >> np.int32(int(args[2]))).view(np.uint32)
+        elif op == "and.b32":
+            regs[args[0]] = (val(args[1]) & val(args[2])).astype(np.uint32)
+        elif op == "mul.rn.bf16x2":  # lane-wise bf16 products, subnormal inputs kept, RNE
+            def lane(v, i):
+                bits = (np.broadcast_to(v, word.shape) >> np.uint32(16 * i)) & np.uint32(0xFFFF)
+                return bits.astype(np.uint16).view(jnp.bfloat16).astype(np.float32)
+            prod = [(lane(val(args[1]), i) * lane(val(args[2]), i)).astype(jnp.bfloat16).view(np.uint16)
+                    for i in (0, 1)]
+            regs[args[0]] = (prod[0].astype(np.uint32) | (prod[1].astype(np.uint32) << np.uint32(16)))
+        elif op == "xor.b32":
+            regs[args[0]] = (val(args[1]) ^ val(args[2])).astype(np.uint32)
+        elif op == "sub.f32":
+            regs[args[0]] = (f32(val(args[1])) - f32(np.broadcast_to(val(args[2]), word.shape))).view(np.uint32)
+        elif op == "cvt.rn.bf16x2.f32":  # upper half from a, lower from b, round to nearest even
+            bf = lambda v: f32(v).astype(jnp.bfloat16).view(np.uint16).astype(np.uint32)  # noqa: E731
+            regs[args[0]] = ((bf(val(args[1])) << np.uint32(16)) | bf(val(args[2]))).astype(np.uint32)
+        elif op == "lop3.b32":
+            a, b, c, lut = val(args[1]), val(args[2]), val(args[3]), int(args[4], 0)
+            table = {0xEA: (a & b) | c, 0x6A: (a & b) ^ c, 0xA8: (a | b) & c}
+            regs[args[0]] = table[lut].astype(np.uint32)
+        else:
+            raise NotImplementedError(op)
+    return [regs[f"${i}"] for i in range(n_out)]

@@ -435,7 +435,7 @@ def triton_launch(x, values, scales, zeros, global_scale, spec: WeightSpec, cfg:
     """One launch as jax-triton receives it: (kernel, input arrays, out_shape, grid,
     constexprs). `weight_only_matmul_triton` calls it; `scripts/ptx_report.py` compiles the
     same launch offline (no GPU) to check load widths and registers."""
-    from pallas_kernels.weight_only import triton_decode
+    from pallas_kernels.weight_only import triton_decode, triton_mma
     m = x.shape[0]
     if cfg.split_k == 1:
         out_shape = jax.ShapeDtypeStruct((m, spec.n), out_dtype)
@@ -446,6 +446,9 @@ def triton_launch(x, values, scales, zeros, global_scale, spec: WeightSpec, cfg:
     if cfg.kernel == "kgemv":
         arrays, params = triton_decode.kgemv_args(x, arrays, ints, consts, spec=spec, cfg=cfg)
         return triton_decode._kgemv_kernel, arrays, out_shape, grid, params
+    if cfg.kernel == "mma":
+        arrays, params, grid = triton_mma.mma_args(x, arrays, ints, consts, spec=spec, cfg=cfg)
+        return triton_mma._mma_kernel, arrays, out_shape, grid, params
     if cfg.kernel == "swapab" and cfg.x_mode == 3 and spec.four_bit:
         xr = triton_decode.even_odd(x, cfg.block_k)
         arrays = (xr, *arrays[1:])

@@ -281,9 +281,12 @@ def test_tiny_tensors_stay_finite(fmt):
 
 
 def test_weights_are_stored_k_major_by_default():
-    """The GPU kernels' fast layout ("nk", BENCHMARKS.md) is the default, for arrays and recipes."""
+    """The GPU kernels' fast layouts (BENCHMARKS.md) are the defaults: "nk" for arrays and
+    recipes, "mma" for the weight-only recipes the tensor-core decode GEMV serves."""
     w = jnp.ones((64, 8))
     q = lj.quantize(w, "int4-g32")
     assert q.layout == "nk" and q.values.shape == (8, 32)
-    assert all(r.layout == "nk" for r in lj.RECIPES.values())
+    mma = {r.name for r in lj.RECIPES.values() if r.layout == "mma"}
+    assert mma == {"w8a16", "w4a16", "w4a16-uint4"}
+    assert all(r.layout == "nk" for r in lj.RECIPES.values() if r.name not in mma)
     np.testing.assert_array_equal(np.asarray(lj.dequantize(q)), np.asarray(lj.dequantize(lj.quantize(w, "int4-g32", layout="kn"))))

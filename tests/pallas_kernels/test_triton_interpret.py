@@ -31,9 +31,14 @@ def results():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+# `mma` is warp-level PTX (mma.sync across a warp's lanes, inline asm), which Triton's
+# interpreter cannot execute: test_weight_only_mma.py runs its PTX and fragments on CPU.
+NOT_INTERPRETABLE = {"mma"}
+
+
 def test_every_kernel_and_mode_ran(results):
     ran = {r["kernel"] for r in results.values() if "excess" in r}
-    assert ran == set(KERNELS) | {"scaled/epilogue", "scaled/promote"}, ran
+    assert ran == (set(KERNELS) - NOT_INTERPRETABLE) | {"scaled/epilogue", "scaled/promote"}, ran
 
 
 @pytest.mark.parametrize("cid", IDS)

@@ -49,3 +49,15 @@ def test_every_decode_kernel_compiles(cfg, label, layout):
     m = min(cfg.block_m, 3) if cfg.kernel != "swapab" else 13
     r = ptx_report.report_case(label, 4096, 1536, m, layout, None, config=cfg)
     assert r["stack"] <= 64 and r["widest"] >= 4, r
+
+
+@pytest.mark.parametrize("label", ["int4-g128", "uint4-g128", "int8"])
+@pytest.mark.parametrize("m", [1, 16, 40])
+def test_mma_launches_are_fragment_loads_without_shared_memory(label, m):
+    """The tensor-core GEMV (layout "mma") as the chooser launches it: the weight and x loads
+    are the 16-byte fragment vectors, the upcast and MMAs stay in registers (no layout
+    conversion through shared memory), at most a few registers spill (uint4 over 16 rows of x:
+    16 bytes)."""
+    r = ptx_report.report_case(label, 4096, 1536, m, "mma", "NVIDIA H200")
+    assert r["kernel"] == "mma" and r["widest"] == 16 and r["stack"] <= 16, r
+    assert r["mma_sync"] > 0 and r["shared"] == 0, r

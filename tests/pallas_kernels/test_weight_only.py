@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pallas_kernels import blocks
 from pallas_kernels.weight_only import TileConfig, unsupported_reason, weight_only_matmul
 from pallas_kernels.weight_only import testing
 
@@ -51,9 +52,12 @@ def _impls(interpret):
 class TestWeightOnlyKernels:
     """Kernel == reference for every stored arrangement (interpret on CPU, native on GPU)."""
 
-    @pytest.mark.parametrize("layout", ["kn", "nk"])
+    @pytest.mark.parametrize("layout", ["kn", "nk", "mma"])
     @pytest.mark.parametrize("case", CASES, ids=[c.label for c in CASES])
     def test_matches_reference(self, case, layout, interpret):
+        if layout == "mma" and (jnp.dtype(case.element_dtype) not in blocks.MMA_ELEMENTS
+                                or (case.block_k or 128) % blocks.mma_chunk_k(case.element_dtype)):
+            pytest.skip(f"layout 'mma' stores int8/int4/uint4 with whole-chunk scale blocks, not {case.label}")
         for impl in _impls(interpret):
             for m, k, n in SMALL_SHAPES:
                 if case.block_n > 1:
@@ -155,9 +159,33 @@ class TestWeightOnlyGPU(TestWeightOnlyKernels):
     @pytest.mark.parametrize("kn", REAL_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
     @pytest.mark.parametrize("label", ["int8", "int4-g128", "uint4-g128", "fp8", "mxfp8", "mxfp4", "nvfp4"])
     def test_real_widths(self, label, kn, interpret):
-        """The recipes' layout ("nk") with the chooser's configs (tuned table included)."""
+        """The recipes' layouts ("mma" for int8/int4/uint4: the tensor-core GEMV for M <= 64,
+        an "nk" copy for prefill; else "nk") with the chooser's configs (tuned table included)."""
+        layout = "mma" if label in ("int8", "int4-g128", "uint4-g128") else "nk"
         for m in (1, 16, 1024):
-            _check(testing.CASES_BY_LABEL[label], m, kn[0], kn[1], "nk", "triton", interpret)
+            _check(testing.CASES_BY_LABEL[label], m, kn[0], kn[1], layout, "triton", interpret)
+
+    @pytest.mark.parametrize("label", ["int8", "int4-g128", "uint4-g128"])
+    @pytest.mark.parametrize("m,warps,unroll,tiles,split", [(1, 4, 1, 2, 1), (3, 2, 2, 1, 2), (8, 4, 4, 1, 1),
+                                                            (13, 2, 2, 2, 2), (16, 8, 1, 1, 4), (40, 4, 2, 2, 1)])
+    def test_mma_kernel(self, label, m, warps, unroll, tiles, split, interpret):
+        """The tensor-core GEMV (triton_mma) with explicit tiles: odd M over one or two n8
+        blocks (and M > 16 over programs), K and N off the tile (padded), split K."""
+        case = testing.CASES_BY_LABEL[label]
+        cfg = TileConfig(kernel="mma", block_m=8 if m <= 8 else 16, block_n=16 * warps * tiles,
+                         block_k=blocks.mma_chunk_k(case.element_dtype), num_warps=warps, num_stages=1,
+                         unroll=unroll, split_k=split)
+        _check(case, m, 1000, 376, "mma", "triton", interpret, config=cfg)
+
+    @pytest.mark.parametrize("label", ["int8", "int4-g128", "uint4-g128"])
+    def test_mma_kernel_f16_x(self, label, interpret):
+        """f16 activations: the f16 magic (1024) and f16 MMAs."""
+        case = testing.CASES_BY_LABEL[label]
+        w = testing.random_weight(jax.random.key(3), case, 512, 256, "mma")
+        x = jax.random.normal(jax.random.key(4), (5, 512), jnp.float16)
+        ref = weight_only_matmul(x, **w, impl="xla", out_dtype=jnp.float32)
+        out = weight_only_matmul(x, **w, impl="triton", out_dtype=jnp.float32)
+        np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-4, atol=1e-4 * float(jnp.abs(ref).max()))
 
     @pytest.mark.parametrize("layout", ["kn", "nk"])
     @pytest.mark.parametrize("label", ["int8", "int4-g128", "uint4-g128", "fp8", "mxfp4", "nvfp4"])

@@ -15,63 +15,9 @@ import pytest
 
 from pallas_kernels import blocks
 from pallas_kernels.weight_only import config as wcfg, testing, triton_kernel
+from pallas_kernels.weight_only.testing import run_ptx
 from pallas_kernels.weight_only.reference import weight_only_matmul_reference
 from pallas_kernels.weight_only.triton_decode import kgemv_x
-
-
-def run_ptx(asm: str, word: np.ndarray, n_out: int) -> list[np.ndarray]:
-    """Executes the straight-line PTX of the upcasts (mov, shl, shr, xor, and, prmt, lop3 on
-    .b32; shr.s32; sub.f32; cvt.rn.bf16x2.f32; mul.rn.bf16x2) on a vector of 32-bit input
-    words; returns the output registers $0..$n_out-1."""
-    regs = {f"${n_out}": word.astype(np.uint32)}
-
-    def val(tok):
-        if tok in regs:
-            return regs[tok]
-        return np.uint32(int(tok[2:], 16) if tok.startswith("0f") else int(tok, 0))  # 0fXXXXXXXX: f32 bits
-
-    f32 = lambda v: np.asarray(v, np.uint32).view(np.float32)  # noqa: E731
-    for line in asm.strip("{}\n").split("\n"):
-        op, _, rest = line.strip().rstrip(";").partition(" ")
-        args = [a.strip() for a in rest.split(",")]
-        if op.startswith(".reg"):
-            continue
-        if op == "mov.b32":
-            regs[args[0]] = np.broadcast_to(val(args[1]), word.shape).astype(np.uint32)
-        elif op == "shl.b32":
-            regs[args[0]] = (val(args[1]) << np.uint32(int(args[2]))).astype(np.uint32)
-        elif op == "shr.b32":
-            regs[args[0]] = (val(args[1]) >> np.uint32(int(args[2]))).astype(np.uint32)
-        elif op == "prmt.b32":  # bytes of {b, a}: selector nibble i picks result byte i
-            a, b, sel = val(args[1]), val(args[2]), int(args[3], 0)
-            src = [(a >> np.uint32(8 * i)) & np.uint32(0xFF) for i in range(4)]
-            src += [(b >> np.uint32(8 * i)) & np.uint32(0xFF) for i in range(4)]
-            regs[args[0]] = sum((src[(sel >> 4 * i) & 7] << np.uint32(8 * i)) for i in range(4)).astype(np.uint32)
-        elif op == "shr.s32":  # arithmetic: the sign bit is replicated
-            regs[args[0]] = (val(args[1]).view(np.int32) >> np.int32(int(args[2]))).view(np.uint32)
-        elif op == "and.b32":
-            regs[args[0]] = (val(args[1]) & val(args[2])).astype(np.uint32)
-        elif op == "mul.rn.bf16x2":  # lane-wise bf16 products, subnormal inputs kept, RNE
-            def lane(v, i):
-                bits = (np.broadcast_to(v, word.shape) >> np.uint32(16 * i)) & np.uint32(0xFFFF)
-                return bits.astype(np.uint16).view(jnp.bfloat16).astype(np.float32)
-            prod = [(lane(val(args[1]), i) * lane(val(args[2]), i)).astype(jnp.bfloat16).view(np.uint16)
-                    for i in (0, 1)]
-            regs[args[0]] = (prod[0].astype(np.uint32) | (prod[1].astype(np.uint32) << np.uint32(16)))
-        elif op == "xor.b32":
-            regs[args[0]] = (val(args[1]) ^ val(args[2])).astype(np.uint32)
-        elif op == "sub.f32":
-            regs[args[0]] = (f32(val(args[1])) - f32(np.broadcast_to(val(args[2]), word.shape))).view(np.uint32)
-        elif op == "cvt.rn.bf16x2.f32":  # upper half from a, lower from b, round to nearest even
-            bf = lambda v: f32(v).astype(jnp.bfloat16).view(np.uint16).astype(np.uint32)  # noqa: E731
-            regs[args[0]] = ((bf(val(args[1])) << np.uint32(16)) | bf(val(args[2]))).astype(np.uint32)
-        elif op == "lop3.b32":
-            a, b, c, lut = val(args[1]), val(args[2]), val(args[3]), int(args[4], 0)
-            table = {0xEA: (a & b) | c, 0x6A: (a & b) ^ c, 0xA8: (a | b) & c}
-            regs[args[0]] = table[lut].astype(np.uint32)
-        else:
-            raise NotImplementedError(op)
-    return [regs[f"${i}"] for i in range(n_out)]
 
 
 def nibbles_to_f32(words: np.ndarray, signed: bool) -> tuple[np.ndarray, np.ndarray]:

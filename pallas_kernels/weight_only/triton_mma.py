@@ -1,0 +1,326 @@
+"""Decode on tensor cores: the weight as the 16-row operand of `mma.sync` m16n8k16 (Marlin's
+idea, in Triton through inline PTX), reading the "mma" storage layout (`blocks.nk_to_mma`).
+
+Why: `kgemv` (FMA GEMV in f32) spends ~3.1 instructions per int4 weight (BENCHMARKS.md, SASS
+count) and at M=1 that, not HBM, was its limit. On tensor cores the products cost one `mma`
+per 8 weights a thread holds; what is left per weight is its upcast, under one instruction:
+
+    4-bit codes  one LOP3 per pair of codes puts each nibble in the low mantissa bits of
+                 bf16 128 (f16 1024 for f16 x): 128 + n exactly (n ^ 8 in the same LOP3 for
+                 int4: 136 + code). The word shifted by 4j gives pair j: 7 instructions per
+                 8 codes.
+    int8         the same on the two nibble planes: code = 16 * hi + lo, hi signed (136 + hi)
+                 and lo unsigned (128 + lo), two MMAs (the hi plane's sum is scaled by 16).
+
+The offsets are not subtracted per weight: one more MMA per K step with an all-ones A
+operand gives S = sum of x over the chunk (per row of x), and `offset * S` is taken off the
+chunk's sum (zero points likewise: (offset + z) * S). Products and sums are f32.
+
+Layout and fragments (out^T = W x^T; a warp owns TN tiles of 16 weight rows):
+    A  the weight tile, upcast in registers. Lane 4g + t holds rows g and g + 8; per chunk
+       (64 stored bytes of a row: 128 4-bit codes or 64 int8) a 16-byte vector of each row,
+       K values t*32 .. t*32 + 31 (4-bit) or t*16 .. t*16 + 15 (int8). "mma" stores each
+       tile's chunk as 1 KB in exactly that lane order, so a warp's load is two contiguous
+       512-byte runs (measured: +10-25% bandwidth over the "nk" rows; probe in
+       BENCHMARKS.md), and orders the codes inside each word so that the upcast's pairs are
+       consecutive K values.
+    B  x^T in plain (M, K) order: lane (g, t) loads 16-byte vectors of x row 8b + g (row M - 1
+       past M; those columns are dropped) at the same K values, so its registers already hold
+       the K pairs the A pairs meet. No prologue: x is read as it is.
+    C  f32 accumulators: lane (g, t) holds out[8b + 2t (+1)] of weight rows g and g + 8.
+       A scale block's sum starts from zero, loses the offsets' share, is multiplied by its
+       scales and added to the total; per-channel scales apply once after the loop.
+
+Triton gives each (R, 4) int32 tensor (R = 32 * num_warps) one row per thread and its 4
+elements to that thread's registers (TN * R rows: TN rows per thread), so the loads are the
+fragments and every inline-asm operand is in that one layout; scales are loaded by PTX
+(`_ld_nc`), which anchors no other layout. `scripts/ptx_report.py` checks the result offline
+(no shared memory, 16-byte loads). The kernel runs on NVIDIA GPUs (sm_80+) only;
+tests/pallas_kernels/test_weight_only_mma.py runs its PTX on CPU, lanes and MMA included.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from pallas_kernels import blocks
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: the Triton path reports itself unavailable.
+    triton = None
+
+# Magic numbers per x dtype: the float whose low mantissa bits take a nibble (128 in bf16,
+# 1024 in f16, both with ulp 1), and 1.0 (the all-ones A operand).
+MAGIC = {"bf16": (0x4300, 128.0, 0x3F80), "f16": (0x6400, 1024.0, 0x3C00)}
+
+
+def offsets(element_dtype, xt: str) -> tuple[float, float]:
+    """(offset, hi-plane weight) of the upcast: the chunk's product holds code * x plus
+    offset * S (S = the chunk's sum of x); int8's is 16 * hi-plane + lo-plane."""
+    base = MAGIC[xt][1]
+    dt = jnp.dtype(element_dtype)
+    if dt == jnp.int4:
+        return base + 8, 1.0
+    if dt == jnp.uint4:
+        return base, 1.0
+    return 16 * (base + 8) + base, 16.0  # int8: 16 * (hi + base + 8) + (lo + base)
+
+
+def upcast_asm(element_dtype, xt: str) -> str:
+    """8 words ($32-$35: row g, $36-$39: row g + 8) -> 8 A fragments of m16n8k16 ($4f ..
+    $4f+3: rows g, g+8 x K pair (2t, 2t+1), then (2t+8, 2t+9)). Pair j of a word is its
+    nibbles j and j + 4 (the word shifted by 4j, masked by LOP3 into the magic's mantissa).
+    4-bit: word i gives fragments 2i (pairs 0, 1) and 2i + 1 (pairs 2, 3). int8: word i gives
+    fragment i (lo plane: pairs 0, 2) and 4 + i (hi plane, signed: pairs 1, 3)."""
+    magic = MAGIC[xt][0]
+    dt = jnp.dtype(element_dtype)
+    lines = [".reg .b32 v1, v2, v3;"]
+    for i in range(4):
+        for row in range(2):
+            src = f"${32 + 4 * row + i}"
+            lines += [f"shr.b32 v1, {src}, 4;", f"shr.b32 v2, {src}, 8;", f"shr.b32 v3, {src}, 12;"]
+            for j, v in enumerate((src, "v1", "v2", "v3")):
+                signed = dt == jnp.int4 or (dt == jnp.int8 and j % 2 == 1)
+                const = (magic | 8) * 0x10001 if signed else magic * 0x10001
+                if dt == jnp.int8:
+                    frag, slot = (i if j % 2 == 0 else 4 + i), j // 2
+                else:
+                    frag, slot = 2 * i + j // 2, j % 2
+                out = 4 * frag + 2 * slot + row
+                lines.append(f"lop3.b32 ${out}, {v}, 0x000f000f, {const:#010x}, {'0x6a' if signed else '0xea'};")
+    return "{\n" + "\n".join(lines) + "\n}"
+
+
+def mma2_asm(xt: str) -> str:
+    """Two chained m16n8k16 MMAs, f32 accumulation: D ($0-$3) = A0 ($4-$7) B0 + A1 ($8-$11)
+    B1 + C ($16-$19), B0 = ($12, $13), B1 = ($14, $15)."""
+    mma = f"mma.sync.aligned.m16n8k16.row.col.f32.{xt}.{xt}.f32"
+    return ("{\n.reg .f32 d0, d1, d2, d3;\n"
+            f"{mma} {{d0, d1, d2, d3}}, {{$4, $5, $6, $7}}, {{$12, $13}}, {{$16, $17, $18, $19}};\n"
+            f"{mma} {{$0, $1, $2, $3}}, {{$8, $9, $10, $11}}, {{$14, $15}}, {{d0, d1, d2, d3}};\n}}")
+
+
+if triton is not None:
+    from pallas_kernels.weight_only.triton_decode import _ld_nc
+    from pallas_kernels.weight_only.triton_kernel import _decode_scale
+
+    _UP = {(e, xt): tl.constexpr(upcast_asm(d, xt)) for e, d in ((0, jnp.int8), (1, jnp.int4), (2, jnp.uint4))
+           for xt in ("bf16", "f16")}
+    _UP_CONS = tl.constexpr(",".join(["=r"] * 32 + ["r"] * 8))
+    _MMA_BF16 = tl.constexpr(mma2_asm("bf16"))
+    _MMA_F16 = tl.constexpr(mma2_asm("f16"))
+    _MMA_CONS = tl.constexpr(",".join(["=r"] * 4 + ["r"] * 16))
+    _UP_I8_BF16, _UP_I8_F16 = _UP[0, "bf16"], _UP[0, "f16"]
+    _UP_S4_BF16, _UP_S4_F16 = _UP[1, "bf16"], _UP[1, "f16"]
+    _UP_U4_BF16, _UP_U4_F16 = _UP[2, "bf16"], _UP[2, "f16"]
+
+    @triton.jit
+    def _mma2(a0, a1, xw, acc, BF16: tl.constexpr):
+        if BF16:
+            asm: tl.constexpr = _MMA_BF16
+        else:
+            asm: tl.constexpr = _MMA_F16
+        return tl.inline_asm_elementwise(asm, _MMA_CONS, [a0, a1, xw, acc.to(tl.int32, bitcast=True)],
+                                         dtype=tl.int32, is_pure=True, pack=4).to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _upcast(wg, wh, ELEM: tl.constexpr, BF16: tl.constexpr):
+        """Row-g and row-(g+8) words -> 8 A fragments (`upcast_asm`)."""
+        if ELEM == 0 and BF16:
+            asm: tl.constexpr = _UP_I8_BF16
+        elif ELEM == 0:
+            asm: tl.constexpr = _UP_I8_F16
+        elif ELEM == 1 and BF16:
+            asm: tl.constexpr = _UP_S4_BF16
+        elif ELEM == 1:
+            asm: tl.constexpr = _UP_S4_F16
+        elif BF16:
+            asm: tl.constexpr = _UP_U4_BF16
+        else:
+            asm: tl.constexpr = _UP_U4_F16
+        return tl.inline_asm_elementwise(
+            asm, _UP_CONS, [wg, wh],
+            dtype=(tl.int32, tl.int32, tl.int32, tl.int32, tl.int32, tl.int32, tl.int32, tl.int32),
+            is_pure=True, pack=4)
+
+    @triton.jit
+    def _rep(v, TN: tl.constexpr):
+        """A lane tensor (32 NW, 4) repeated for the TN tiles of each warp (TN * 32 NW, 4)."""
+        if TN == 1:
+            return v
+        return tl.reshape(tl.broadcast_to(v[None, :, :], (TN, v.shape[0], 4)), (TN * v.shape[0], 4))
+
+    @triton.jit
+    def _fetch(c, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE: tl.constexpr, SBK: tl.constexpr,
+               CK: tl.constexpr, HAS_Z: tl.constexpr, MODE: tl.constexpr):
+        """Chunk c's weight words (rows g and g + 8: two 512-byte runs per warp) and, per
+        scale block (MODE 1), its scales and zero points."""
+        wg = tl.load(w_g + c * 256, eviction_policy="evict_first")  # 1 KB per tile and chunk
+        wh = tl.load(w_h + c * 256, eviction_policy="evict_first")
+        if MODE == 1:
+            off = ((c * CK) // SBK) * ssk + n_out * ssn
+            s = _decode_scale(_ld_nc(s_ptr + off), SCALE)
+            z = _decode_scale(_ld_nc(z_ptr + off), SCALE) if HAS_Z else s
+        else:
+            s = tl.zeros_like(n_out).to(tl.float32)
+            z = s
+        return wg, wh, s, z
+
+    @triton.jit
+    def _block(a, xp, ELEM: tl.constexpr, BF16: tl.constexpr, CK: tl.constexpr, TN: tl.constexpr):
+        """One n8 block of x rows, one chunk: (the tiles' sums (TN * R, 4), the lane's sums
+        of x (R, 4)); int8: the hi plane's sums * 16 + the lo plane's."""
+        ONES: tl.constexpr = 0x3F803F80 if BF16 else 0x3C003C00
+        x0 = tl.load(xp)
+        x1 = tl.load(xp + 4)
+        ones = tl.full(x0.shape, ONES, tl.int32)
+        zl = tl.zeros(x0.shape, tl.float32)
+        zt = tl.zeros((TN * x0.shape[0], 4), tl.float32)
+        xs = _mma2(ones, ones, x0, zl, BF16)
+        xs = _mma2(ones, ones, x1, xs, BF16)
+        acc = _mma2(a[0], a[1], _rep(x0, TN), zt, BF16)
+        if ELEM == 0:  # lo plane: fragments 0-3, hi plane: 4-7, K pairs of 2 words per x vector
+            acc = _mma2(a[2], a[3], _rep(x1, TN), acc, BF16)
+            hi = _mma2(a[4], a[5], _rep(x0, TN), zt, BF16)
+            hi = _mma2(a[6], a[7], _rep(x1, TN), hi, BF16)
+            acc = acc + 16.0 * hi
+        else:  # 4-bit: 4 x vectors, 2 K steps each
+            x2 = tl.load(xp + 8)
+            x3 = tl.load(xp + 12)
+            xs = _mma2(ones, ones, x2, xs, BF16)
+            xs = _mma2(ones, ones, x3, xs, BF16)
+            acc = _mma2(a[2], a[3], _rep(x1, TN), acc, BF16)
+            acc = _mma2(a[4], a[5], _rep(x2, TN), acc, BF16)
+            acc = _mma2(a[6], a[7], _rep(x3, TN), acc, BF16)
+        return acc, xs
+
+    @triton.jit
+    def _consume(f, c, x0, x1, tot0, tot1, ELEM: tl.constexpr, BF16: tl.constexpr, CK: tl.constexpr,
+                 MODE: tl.constexpr, NB: tl.constexpr, TN: tl.constexpr, HAS_Z: tl.constexpr,
+                 OFF: tl.constexpr):
+        """tot += chunk c's product (fetched: f) less the offsets' (and zero points') share,
+        times its scales (MODE 1)."""
+        wg, wh, s, z = f
+        a = _upcast(wg, wh, ELEM, BF16)
+        acc, xs = _block(a, x0 + c * (CK // 2), ELEM, BF16, CK, TN)
+        cz = z + OFF if HAS_Z else OFF
+        d0 = acc - cz * _rep(xs, TN)
+        if MODE == 1:
+            tot0 += d0 * s
+        else:
+            tot0 += d0
+        if NB == 2:
+            acc, xs = _block(a, x1 + c * (CK // 2), ELEM, BF16, CK, TN)
+            d1 = acc - cz * _rep(xs, TN)
+            if MODE == 1:
+                tot1 += d1 * s
+            else:
+                tot1 += d1
+        return tot0, tot1
+
+    @triton.jit
+    def _mma_kernel(
+        x_ptr, w_ptr, s_ptr, z_ptr, g_ptr, o_ptr,
+        M: tl.constexpr, N: tl.constexpr, NT: tl.constexpr, CT: tl.constexpr, CS: tl.constexpr,
+        sxm: tl.constexpr, ssk: tl.constexpr, ssn: tl.constexpr, sos: tl.constexpr, som: tl.constexpr,
+        ELEM: tl.constexpr, SCALE: tl.constexpr, SBK: tl.constexpr, HAS_Z: tl.constexpr,
+        HAS_G: tl.constexpr, MODE: tl.constexpr, NB: tl.constexpr, NW: tl.constexpr,
+        CK: tl.constexpr, U: tl.constexpr, TN: tl.constexpr, OFF: tl.constexpr, MB: tl.constexpr,
+    ):
+        """Program (n, 0, s): NW warps, TN 16-row tiles of W each; x rows 16mb .. 16mb + 8 NB for mb < MB;
+        chunks [s * CS, (s + 1) * CS) of the CT in K, U per loop step, loaded one step ahead
+        (registers carried across the loop; the last step re-reads its own chunks, cache
+        hits), so a warp has U chunks of each tile in flight while it computes."""
+        BF16: tl.constexpr = x_ptr.dtype.element_ty == tl.bfloat16
+        R0: tl.constexpr = 32 * NW  # threads: lane tensors (x, its sums, output rows) are (R0, 4)
+        R: tl.constexpr = TN * R0  # tile tensors (weights, scales, sums): thread r % R0 holds row r
+        r0 = tl.arange(0, R0)
+        g = (r0 % 32) // 4
+        t = r0 % 4
+        j = tl.arange(0, 4)[None, :]  # register j of a thread's 4
+        rr = tl.arange(0, R)
+        tile_raw = tl.program_id(0) * (NW * TN) + rr // 32  # tile of warp w, rep i: row i * R0 + 32w + lane
+        tile = tl.minimum(tile_raw, NT - 1)
+        n_out = (tile * 16 + (rr % 32) // 4)[:, None] + 8 * (j // 2)  # accumulator j: rows g (+8)
+        wq = w_ptr.to(tl.pointer_type(tl.int32))
+        w_g = wq + (tile * (CT * 256) + (rr % 32) * 4)[:, None] + j
+        w_h = w_g + 128
+        xq = x_ptr.to(tl.pointer_type(tl.int32))
+        ok = (tile_raw < NT)[:, None] & (n_out < N)
+        base = tl.program_id(2) * CS
+        # Rows of x by 16 (MB > 1: M > 16): the program's weight slice is read from HBM once,
+        # again from L2 for the next 16 rows (and upcast again).
+        for mb in range(MB):
+            m0 = mb * 16
+            x0 = xq + (tl.minimum(m0 + g, M - 1) * sxm + t * (CK // 8))[:, None] + j
+            x1 = xq + (tl.minimum(m0 + 8 + g, M - 1) * sxm + t * (CK // 8))[:, None] + j
+            tot0 = tl.zeros((R, 4), tl.float32)
+            tot1 = tl.zeros((R, 4), tl.float32)
+            p0 = _fetch(base, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE)
+            p1 = p0
+            p2 = p0
+            p3 = p0
+            if U >= 2:
+                p1 = _fetch(base + 1, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE)
+            if U == 4:
+                p2 = _fetch(base + 2, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE)
+                p3 = _fetch(base + 3, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE)
+            for c0 in tl.range(0, CS, U):
+                q0 = p0
+                q1 = p1
+                q2 = p2
+                q3 = p3
+                nx = base + tl.minimum(c0 + U, CS - U)
+                p0 = _fetch(nx, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE)
+                if U >= 2:
+                    p1 = _fetch(nx + 1, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE)
+                if U == 4:
+                    p2 = _fetch(nx + 2, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE)
+                    p3 = _fetch(nx + 3, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE)
+                tot0, tot1 = _consume(q0, base + c0, x0, x1, tot0, tot1, ELEM, BF16, CK, MODE, NB, TN, HAS_Z, OFF)
+                if U >= 2:
+                    tot0, tot1 = _consume(q1, base + c0 + 1, x0, x1, tot0, tot1, ELEM, BF16, CK, MODE, NB, TN,
+                                          HAS_Z, OFF)
+                if U == 4:
+                    tot0, tot1 = _consume(q2, base + c0 + 2, x0, x1, tot0, tot1, ELEM, BF16, CK, MODE, NB, TN,
+                                          HAS_Z, OFF)
+                    tot0, tot1 = _consume(q3, base + c0 + 3, x0, x1, tot0, tot1, ELEM, BF16, CK, MODE, NB, TN,
+                                          HAS_Z, OFF)
+            if MODE == 0:
+                s = _decode_scale(_ld_nc(s_ptr + n_out * ssn), SCALE)
+                tot0 = tot0 * s
+                tot1 = tot1 * s
+            if HAS_G:
+                tot0 = tot0 * tl.load(g_ptr)
+                tot1 = tot1 * tl.load(g_ptr)
+            o_ptrs = o_ptr + tl.program_id(2) * sos + n_out
+            mo = _rep(m0 + 2 * t[:, None] + j % 2, TN)  # accumulator j: x row 2t (+1) of the block
+            tl.store(o_ptrs + mo * som, tot0.to(o_ptr.dtype.element_ty), mask=ok & (mo < M))
+            if NB == 2:
+                tl.store(o_ptrs + (mo + 8) * som, tot1.to(o_ptr.dtype.element_ty), mask=ok & (mo + 8 < M))
+
+
+def mma_args(x, arrays, ints, consts, *, spec, cfg):
+    """`mma`'s inputs, constexprs and grid from the shared launch arguments
+    (`triton_kernel.triton_launch`; `TileConfig.check` has vetted spec and cfg). x is read as
+    it is, zero-padded along K only when K is not the stored kp."""
+    _, w, s, z, g = arrays
+    m = x.shape[0]
+    if x.shape[1] != spec.kp:
+        x = jnp.pad(x, ((0, 0), (0, spec.kp - x.shape[1])))
+    ck = blocks.mma_chunk_k(spec.element_dtype)
+    chunks = spec.kp // ck
+    nt = spec.np_ // 16
+    xt = "bf16" if x.dtype == jnp.bfloat16 else "f16"
+    params = dict(
+        M=m, N=spec.n, NT=nt, CT=chunks, CS=chunks // cfg.split_k, sxm=spec.kp // 2,
+        sos=m * spec.n if cfg.split_k > 1 else 0, som=spec.n,
+        **{k: ints[k] for k in ("ssk", "ssn")},
+        **{k: consts[k] for k in ("ELEM", "SCALE", "SBK", "HAS_Z", "HAS_G")},
+        MODE=0 if spec.block_k >= spec.kp else 1, NB=cfg.block_m // 8, NW=cfg.num_warps, CK=ck,
+        U=cfg.unroll, TN=cfg.block_n // (16 * cfg.num_warps), OFF=offsets(spec.element_dtype, xt)[0],
+        MB=-(-m // 16))
+    grid = (-(-nt // (cfg.block_n // 16)), 1, cfg.split_k)
+    return (x, w, s, z, g), params, grid

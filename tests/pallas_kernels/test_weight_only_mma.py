@@ -1,0 +1,148 @@
+"""The tensor-core decode GEMV (`triton_mma`), modelled on CPU one warp at a time.
+
+The kernel runs only on NVIDIA GPUs (`pytest -m gpu` checks it against the reference). Here
+every piece of its arithmetic runs as the GPU would run it, short of Triton's address math:
+the "mma" storage layout (`blocks.nk_to_mma`), the upcast's inline PTX (the very string the
+kernel assembles, executed by `testing.run_ptx`) on the words each lane loads, `mma.sync` m16n8k16
+on the lanes' fragments (PTX ISA's fragment layout for .bf16/.f16: A rows g, g + 8 and K
+pairs 2t, 2t + 8; B K pairs 2t, 2t + 8 of column g; D rows g, g + 8, columns 2t, 2t + 1),
+the all-ones MMA that sums x, and the per-chunk correction `(acc - (offset + z) * S) * s`.
+Together they must give the reference product on fresh random stored weights.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pallas_kernels import blocks
+from pallas_kernels.weight_only import testing, triton_mma
+from pallas_kernels.weight_only.reference import weight_only_matmul_reference
+from pallas_kernels.weight_only.testing import run_ptx
+
+NP_X = {"bf16": jnp.bfloat16, "f16": jnp.float16}
+
+
+def as_pairs(reg: np.ndarray, xt: str) -> np.ndarray:
+    """(...,) uint32 -> (..., 2) f32 of the two 16-bit halves (low half first)."""
+    reg = np.asarray(reg, np.uint32)
+    return reg.reshape(-1).view(np.uint16).reshape(*reg.shape, 2).view(NP_X[xt]).astype(np.float32)
+
+
+def mma(a_regs, b_regs, xt):
+    """m16n8k16 on one warp: a_regs (4, 32) and b_regs (2, 32) uint32 per lane -> D (16, 8)."""
+    a = np.zeros((16, 16), np.float32)
+    b = np.zeros((16, 8), np.float32)
+    for lane in range(32):
+        g, t = divmod(lane, 4)
+        for r, (row, col) in enumerate([(g, 2 * t), (g + 8, 2 * t), (g, 2 * t + 8), (g + 8, 2 * t + 8)]):
+            a[row, col:col + 2] = as_pairs(a_regs[r][lane], xt)
+        for r, krow in enumerate([2 * t, 2 * t + 8]):
+            b[krow:krow + 2, g] = as_pairs(b_regs[r][lane], xt)
+    return a.astype(np.float64) @ b.astype(np.float64)
+
+
+def model_kernel(x, w, xt) -> np.ndarray:
+    """The kernel's output (M, n), one warp per 16-row tile, all M in n8 blocks."""
+    edt = jnp.dtype(w["element_dtype"])
+    values = np.asarray(w["values"])
+    nrows = values.shape[0]
+    ck = blocks.mma_chunk_k(edt)
+    kp = ck * (values.shape[1] // 64)
+    chunks, tiles = kp // ck, nrows // 16
+    words = values.reshape(-1).view(np.uint32).reshape(tiles, chunks, 256)
+    m = x.shape[0]
+    xp = np.zeros((-(-m // 8) * 8, kp), np.float32)
+    xp[:m, :x.shape[1]] = np.asarray(x, np.float32)
+    xw = xp.astype(NP_X[xt]).view(np.uint32)  # (rows, kp / 2) pairs
+    off, _ = triton_mma.offsets(edt, xt)
+    s = np.asarray(w["scales"], np.float32)  # (N, K / block)
+    z = np.asarray(w["zeros"], np.float32) if w["zeros"] is not None else None
+    asm = triton_mma.upcast_asm(edt, xt)
+    ones = np.full((32,), (triton_mma.MAGIC[xt][2] * 0x10001), np.uint32)
+    out = np.zeros((xp.shape[0], nrows))
+    lanes = np.arange(32)
+    g, t = lanes // 4, lanes % 4
+    for tile in range(tiles):
+        for c in range(chunks):
+            wd = words[tile, c]
+            ins = [wd[lanes * 4 + i] for i in range(4)] + [wd[128 + lanes * 4 + i] for i in range(4)]
+            frags = run_ptx(asm, ins, 32)
+            rows = tile * 16 + np.r_[0:16]
+            srow = (c * ck) // w["block_k"] if w["block_k"] < kp else 0
+            for b0 in range(0, xp.shape[0], 8):
+                def xvec(v):  # the lane's 4 x words of x vector v in this chunk
+                    base = c * ck // 2 + t * (ck // 8) + 4 * v
+                    return [xw[b0 + g, base + j] for j in range(4)]
+                acc = np.zeros((16, 8))
+                hi = np.zeros((16, 8))
+                xs = np.zeros((16, 8))
+                for v in range(ck // 32):
+                    xr = xvec(v)
+                    xs += mma([ones] * 4, xr[:2], xt) + mma([ones] * 4, xr[2:], xt)
+                    if edt == jnp.int8:  # fragments 0-3: lo plane, 4-7: hi plane
+                        acc += mma(frags[8 * v:8 * v + 4], xr[:2], xt) + mma(frags[8 * v + 4:8 * v + 8], xr[2:], xt)
+                        hi += (mma(frags[16 + 8 * v:16 + 8 * v + 4], xr[:2], xt)
+                               + mma(frags[16 + 8 * v + 4:16 + 8 * v + 8], xr[2:], xt))
+                    else:
+                        acc += mma(frags[8 * v:8 * v + 4], xr[:2], xt) + mma(frags[8 * v + 4:8 * v + 8], xr[2:], xt)
+                cz = off + (z[rows, srow][:, None] if z is not None else 0.0)
+                d = acc + 16 * hi - cz * xs
+                out[b0:b0 + 8, rows] += (d * s[rows, srow][:, None]).T
+    return out[:m]
+
+
+@pytest.mark.parametrize("label", ["int4-g128", "uint4-g128", "int8"])
+@pytest.mark.parametrize("xt", ["bf16", "f16"])
+def test_mma_kernel_math_matches_reference(label, xt):
+    case = testing.CASES_BY_LABEL[label]
+    k, n, m = 256, 32, 3
+    w = testing.random_weight(jax.random.key(7), case, k, n, layout="mma")
+    x = jax.random.normal(jax.random.key(8), (m, k), jnp.float32).astype(NP_X[xt])
+    ref = weight_only_matmul_reference(
+        x, w["values"], w["scales"], w["zeros"], w["global_scale"], element_dtype=case.element_dtype,
+        block_k=w["block_k"], block_n=1, layout="mma", k=k, n=n, out_dtype=jnp.float32)
+    got = model_kernel(x, w, xt)
+    np.testing.assert_allclose(got, np.asarray(ref), rtol=1e-5, atol=1e-4 * float(jnp.abs(ref).max()))
+
+
+@pytest.mark.parametrize("label", ["int4-g128", "uint4-g128", "int8"])
+def test_upcast_gives_magic_plus_code_on_every_byte(label):
+    """One LOP3 per pair: bf16 128 + code (int4: 136 + code; int8: its two nibble planes)."""
+    edt = testing.CASES_BY_LABEL[label].element_dtype
+    words = np.arange(256, dtype=np.uint8).view(np.uint32)  # every byte in every position
+    words = np.concatenate([words, np.roll(np.arange(256, dtype=np.uint8), 1).view(np.uint32)])
+    outs = run_ptx(triton_mma.upcast_asm(edt, "bf16"), [words] * 8, 32)
+    for frag in range(8):
+        for slot in range(2):
+            got = as_pairs(outs[4 * frag + 2 * slot], "bf16")  # row g's pair of this fragment slot
+            # which nibble pair (j) feeds (frag, slot): 4-bit frag 2i + j // 2, slot j % 2;
+            # int8 lo plane frag i (j = 0, 2), hi plane 4 + i (j = 1, 3)
+            j = (2 * slot + (frag >= 4)) if jnp.dtype(edt) == jnp.int8 else 2 * (frag % 2) + slot
+            nib = np.stack([(words >> (4 * j)) & 15, (words >> (4 * j + 16)) & 15], -1).astype(np.int64)
+            signed = jnp.dtype(edt) == jnp.int4 or (jnp.dtype(edt) == jnp.int8 and j % 2 == 1)
+            want = 128 + (nib ^ 8 if signed else nib)
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("label", ["int4-g128", "uint4-g128", "int8"])
+@pytest.mark.parametrize("k,n", [(256, 48), (200, 40)])
+def test_mma_layout_round_trips(label, k, n):
+    """"mma" is a byte permutation of "nk": the same values, scales and dequantized weight."""
+    case = testing.CASES_BY_LABEL[label]
+    w = jax.random.normal(jax.random.key(3), (k, n), jnp.float32)
+    nk = blocks.quantize_blocks(w, element_dtype=case.element_dtype, scale_dtype=case.scale_dtype,
+                                block_k=case.block_k, block_n=None if case.block_n == 1 else case.block_n,
+                                scale_rule="minmax" if case.zeros else "absmax", layout="nk")
+    mm = blocks.quantize_blocks(w, element_dtype=case.element_dtype, scale_dtype=case.scale_dtype,
+                                block_k=case.block_k, block_n=None if case.block_n == 1 else case.block_n,
+                                scale_rule="minmax" if case.zeros else "absmax", layout="mma")
+    assert mm[0].shape[0] % 16 == 0 and mm[0].shape[1] % 64 == 0
+    back = blocks.mma_to_nk(mm[0], case.element_dtype)
+    np.testing.assert_array_equal(np.asarray(blocks.nk_to_mma(back, case.element_dtype)), np.asarray(mm[0]))
+    def block_k(values):  # per channel: the whole padded K
+        return case.block_k or values.shape[1] * (2 if blocks.is_four_bit(case.element_dtype) else 1)
+    kw = dict(element_dtype=case.element_dtype, block_n=1, k=k, n=n)
+    a = blocks.dequantize_blocks(nk[0], nk[1], nk[2], layout="nk", block_k=block_k(nk[0]), **kw)
+    b = blocks.dequantize_blocks(mm[0], mm[1], mm[2], layout="mma", block_k=block_k(mm[0]), **kw)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
