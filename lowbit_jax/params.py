@@ -25,8 +25,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lowbit_jax.formats import QuantFormat, Recipe, check_pair, get_format, get_recipe
-from pallas_kernels import blocks
 from lowbit_jax.qtensor import QTensor, dequantize, quantize
+from pallas_kernels import blocks
 
 log = logging.getLogger(__name__)
 

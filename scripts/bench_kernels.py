@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pallas_kernels import blocks
 from pallas_kernels.weight_only import weight_only_matmul, testing
 from scripts import bench_util
 
@@ -83,6 +84,14 @@ def _save_partial(args, name: str, rows: list[Row], checks: list[dict] | None = 
         json.dump(dict(rows=[dataclasses.asdict(r) for r in rows], checks=checks or []), f)
 
 
+def _storable(label: str, layout: str) -> bool:
+    """Whether the format can be stored in `layout` ("mma": int8/int4/uint4 whose scale blocks
+    are whole chunks of the tensor-core GEMV)."""
+    case = testing.CASES_BY_LABEL[label]
+    edt = jnp.dtype(case.element_dtype)
+    return layout != "mma" or (edt in blocks.MMA_ELEMENTS and not (case.block_k or 0) % blocks.mma_chunk_k(edt))
+
+
 def bench_weight_only(args) -> tuple[list[Row], list[dict]]:
     rows: list[Row] = []
     checks: list[dict] = []
@@ -100,6 +109,8 @@ def bench_weight_only(args) -> tuple[list[Row], list[dict]]:
                 rows += _torch_rows(m, k, n)
         del wbfs, wbf
         for label, layout in itertools.product(args.formats, args.layouts):
+            if not _storable(label, layout):
+                continue
             case = testing.CASES_BY_LABEL[label]
             ws = [testing.random_weight(jax.random.key(100), case, k, n, layout=layout)]
             nbytes = testing.stored_bytes(ws[0])
@@ -236,6 +247,8 @@ def bench_sweep(args) -> list[Row]:
                             bench_util.time_call(jax.jit(lambda x, w: x @ w), [(x, w) for w in wbfs]), k * n * 2))
         del wbfs, wbf
         for label, layout in itertools.product(args.formats, args.layouts):
+            if not _storable(label, layout):
+                continue
             case = testing.CASES_BY_LABEL[label]
             ws = [testing.random_weight(jax.random.key(100 + i), case, k, n, layout=layout) for i in range(
                 bench_util.copies_needed(k * n // 2))]
@@ -453,7 +466,8 @@ def _parse(argv):
     p.add_argument("--no-torch", dest="torch", action="store_false")
     p.add_argument("--no-mgpu", dest="mgpu", action="store_false")
     p.add_argument("--sweep", action="store_true", help="time tile variants (triton) instead")
-    p.add_argument("--layouts", default="nk", help="stored layouts to time, e.g. kn,nk")
+    p.add_argument("--layouts", default="nk,mma",
+                   help="stored layouts to time, e.g. kn,nk,mma (mma: the formats it can store)")
     p.add_argument("--only", default="", help="with --sweep: variants whose '<kernel>x<x_mode>' matches this regex")
     p.add_argument("--sweep-all", action="store_true", help="with --sweep: all variants, not just the decode kernels")
     p.add_argument("--table-from", nargs="+", default=None, metavar="JSON",

@@ -42,7 +42,8 @@ SCALE_DTYPES = tuple(
 )
 KERNELS = ("dot", "gemv", "fma", "swapab", "kgemv", "mma")
 NUM_SMS = 132  # H100 SXM / H200; only used to size split-K, never for correctness.
-MMA_MAX_M = 64  # the tensor-core GEMV (layout "mma") serves decode up to this many rows of x
+MMA_MAX_M = 32  # layout "mma": the tensor-core GEMV serves M <= 32 (measured: M=64 is faster
+#                 through an "nk" copy and the prefill-style tiles, BENCHMARKS.md session 5)
 
 
 def _pow2(v: int) -> bool:

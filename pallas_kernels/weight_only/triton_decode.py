@@ -5,7 +5,8 @@ Same storage contract and scale modes as `triton_kernel._weight_only_kernel` (th
 how a tile's product is formed, which is what decides whether a memory-bound decode streams
 the weight at HBM bandwidth:
 
-    kgemv    the measured best for M = 1 (every format but int8; BENCHMARKS.md). Weights
+    kgemv    the measured best for M = 1 on the "nk" layout (every format but int8;
+             BENCHMARKS.md; int8/int4/uint4 stored "mma" go to `triton_mma`). Weights
              stored "nk" (K-major), so a thread's loads are 16-byte runs along K; no tensor
              cores and no shared-memory operand. 4-bit codes become f32 with no conversion
              instruction (`_upcast_nibbles`, `_upcast_e2m1`), x arrives as f32 reordered per
