@@ -56,16 +56,16 @@ except ImportError:  # CPU-only installs: the Triton path reports itself unavail
 MAGIC = {"bf16": (0x4300, 128.0, 0x3F80), "f16": (0x6400, 1024.0, 0x3C00)}
 
 
-def offsets(element_dtype, xt: str) -> tuple[float, float]:
-    """(offset, hi-plane weight) of the upcast: the chunk's product holds code * x plus
-    offset * S (S = the chunk's sum of x); int8's is 16 * hi-plane + lo-plane."""
+def offset(element_dtype, xt: str) -> float:
+    """What the upcast adds to each code: the chunk's product holds code * x plus offset * S
+    (S = the chunk's sum of x). int8's product is 16 * hi plane + lo plane."""
     base = MAGIC[xt][1]
     dt = jnp.dtype(element_dtype)
     if dt == jnp.int4:
-        return base + 8, 1.0
+        return base + 8
     if dt == jnp.uint4:
-        return base, 1.0
-    return 16 * (base + 8) + base, 16.0  # int8: 16 * (hi + base + 8) + (lo + base)
+        return base
+    return 16 * (base + 8) + base  # int8: 16 * (hi + base + 8) + (lo + base)
 
 
 def upcast_asm(element_dtype, xt: str) -> str:
@@ -115,6 +115,8 @@ if triton is not None:
     _UP_I8_BF16, _UP_I8_F16 = _UP[0, "bf16"], _UP[0, "f16"]
     _UP_S4_BF16, _UP_S4_F16 = _UP[1, "bf16"], _UP[1, "f16"]
     _UP_U4_BF16, _UP_U4_F16 = _UP[2, "bf16"], _UP[2, "f16"]
+    _ONES_BF16 = tl.constexpr(MAGIC["bf16"][2] * 0x10001)  # 1.0 in both halves
+    _ONES_F16 = tl.constexpr(MAGIC["f16"][2] * 0x10001)
 
     @triton.jit
     def _mma2(a0, a1, xw, acc, BF16: tl.constexpr):
@@ -169,10 +171,13 @@ if triton is not None:
         return wg, wh, s, z
 
     @triton.jit
-    def _block(a, xp, ELEM: tl.constexpr, BF16: tl.constexpr, CK: tl.constexpr, TN: tl.constexpr):
+    def _block(a, xp, ELEM: tl.constexpr, BF16: tl.constexpr, TN: tl.constexpr):
         """One n8 block of x rows, one chunk: (the tiles' sums (TN * R, 4), the lane's sums
         of x (R, 4)); int8: the hi plane's sums * 16 + the lo plane's."""
-        ONES: tl.constexpr = 0x3F803F80 if BF16 else 0x3C003C00
+        if BF16:
+            ONES: tl.constexpr = _ONES_BF16
+        else:
+            ONES: tl.constexpr = _ONES_F16
         x0 = tl.load(xp)
         x1 = tl.load(xp + 4)
         ones = tl.full(x0.shape, ONES, tl.int32)
@@ -204,7 +209,7 @@ if triton is not None:
         times its scales (MODE 1)."""
         wg, wh, s, z = f
         a = _upcast(wg, wh, ELEM, BF16)
-        acc, xs = _block(a, x0 + c * (CK // 2), ELEM, BF16, CK, TN)
+        acc, xs = _block(a, x0 + c * (CK // 2), ELEM, BF16, TN)
         cz = z + OFF if HAS_Z else OFF
         d0 = acc - cz * _rep(xs, TN)
         if MODE == 1:
@@ -212,7 +217,7 @@ if triton is not None:
         else:
             tot0 += d0
         if NB == 2:
-            acc, xs = _block(a, x1 + c * (CK // 2), ELEM, BF16, CK, TN)
+            acc, xs = _block(a, x1 + c * (CK // 2), ELEM, BF16, TN)
             d1 = acc - cz * _rep(xs, TN)
             if MODE == 1:
                 tot1 += d1 * s
@@ -320,7 +325,7 @@ def mma_args(x, arrays, ints, consts, *, spec, cfg):
         **{k: ints[k] for k in ("ssk", "ssn")},
         **{k: consts[k] for k in ("ELEM", "SCALE", "SBK", "HAS_Z", "HAS_G")},
         MODE=0 if spec.block_k >= spec.kp else 1, NB=cfg.block_m // 8, NW=cfg.num_warps, CK=ck,
-        U=cfg.unroll, TN=cfg.block_n // (16 * cfg.num_warps), OFF=offsets(spec.element_dtype, xt)[0],
+        U=cfg.unroll, TN=cfg.block_n // (16 * cfg.num_warps), OFF=offset(spec.element_dtype, xt),
         MB=-(-m // 16))
     grid = (-(-nt // (cfg.block_n // 16)), 1, cfg.split_k)
     return (x, w, s, z, g), params, grid

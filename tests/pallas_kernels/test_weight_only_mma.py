@@ -55,7 +55,7 @@ def model_kernel(x, w, xt) -> np.ndarray:
     xp = np.zeros((-(-m // 8) * 8, kp), np.float32)
     xp[:m, :x.shape[1]] = np.asarray(x, np.float32)
     xw = xp.astype(NP_X[xt]).view(np.uint32)  # (rows, kp / 2) pairs
-    off, _ = triton_mma.offsets(edt, xt)
+    off = triton_mma.offset(edt, xt)
     s = np.asarray(w["scales"], np.float32)  # (N, K / block)
     z = np.asarray(w["zeros"], np.float32) if w["zeros"] is not None else None
     asm = triton_mma.upcast_asm(edt, xt)
