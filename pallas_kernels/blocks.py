@@ -130,40 +130,52 @@ def mma_layout_reason(element_dtype, kp: int, np_: int) -> str | None:
     return None
 
 
+def _words(values: jax.Array) -> jax.Array:
+    """(..., B) bytes (uint8 or int8) -> (..., B/4) uint32 words (byte 0 in bits 0-7)."""
+    b = jax.lax.bitcast_convert_type(values, jnp.uint8) if values.dtype != jnp.uint8 else values
+    return jax.lax.bitcast_convert_type(b.reshape(*b.shape[:-1], -1, 4), jnp.uint32)
+
+
+def _bytes(words: jax.Array, dtype) -> jax.Array:
+    """Inverse of `_words`, as `dtype` bytes."""
+    b = jax.lax.bitcast_convert_type(words, jnp.uint8).reshape(*words.shape[:-1], -1)
+    return b if jnp.dtype(dtype) == jnp.uint8 else jax.lax.bitcast_convert_type(b, dtype)
+
+
+def _move_fields(w: jax.Array, four: bool, to_mma: bool) -> jax.Array:
+    """Reorders the codes inside each word by `_MMA_RUN` (nibbles or bytes; bit operations
+    that XLA fuses into one elementwise pass, no gather)."""
+    bits = 4 if four else 8
+    mask = np.uint32((1 << bits) - 1)
+    out = jnp.zeros_like(w)
+    for i, src in enumerate(_MMA_RUN[four]):  # "mma" field i holds "nk" field src
+        a, b = (int(src), i) if to_mma else (i, int(src))
+        out = out | (((w >> np.uint32(bits * a)) & mask) << np.uint32(bits * b))
+    return out
+
+
 def nk_to_mma(values: jax.Array, element_dtype) -> jax.Array:
     """"nk" values (..., Np, B) -> "mma" values of the same shape. Each 16-row x 64-byte
     tile (rows T*16 .. +16, bytes c*64 .. +64) becomes 1 KB in a row: rows 0-7 then 8-15,
     each as 32 lanes (lane 4g + t: row g's bytes t*16 .. +16), the K runs inside a word
     reordered by `_MMA_RUN`. A warp of the tensor-core GEMV loads a tile per chunk as two
-    fully contiguous 512-byte rows of 16-byte vectors (triton_mma.py)."""
-    four = is_four_bit(element_dtype)
+    fully contiguous 512-byte rows of 16-byte vectors (triton_mma.py). Works on 32-bit words
+    throughout (16-byte groups move as 4 words)."""
     *lead, n, nb = values.shape
-    run = _MMA_RUN[four]
-    if four:
-        codes = unpack_nibbles(values, -1)
-        codes = codes.reshape(*lead, n, -1, 8)[..., run].reshape(*lead, n, 2 * nb)
-        b = pack_nibbles(codes, -1)
-    else:
-        b = values.reshape(*lead, n, -1, 4)[..., run].reshape(*lead, n, nb)
-    b = b.reshape(*lead, n // 16, 2, 8, nb // 64, 4, 16)
+    w = _move_fields(_words(values), is_four_bit(element_dtype), True)
+    w = w.reshape(*lead, n // 16, 2, 8, nb // 64, 4, 4)
     k = len(lead)
-    b = jnp.transpose(b, (*range(k), k, k + 3, k + 1, k + 2, k + 4, k + 5))
-    return b.reshape(*lead, n, nb)
+    w = jnp.transpose(w, (*range(k), k, k + 3, k + 1, k + 2, k + 4, k + 5))
+    return _bytes(w.reshape(*lead, n, nb // 4), values.dtype)
 
 
 def mma_to_nk(values: jax.Array, element_dtype) -> jax.Array:
-    """Inverse of `nk_to_mma`."""
-    four = is_four_bit(element_dtype)
+    """Inverse of `nk_to_mma` (what every path but the tensor-core GEMV reads)."""
     *lead, n, nb = values.shape
     k = len(lead)
-    b = values.reshape(*lead, n // 16, nb // 64, 2, 8, 4, 16)
-    b = jnp.transpose(b, (*range(k), k, k + 2, k + 3, k + 1, k + 4, k + 5)).reshape(*lead, n, nb)
-    inv = np.argsort(_MMA_RUN[four])
-    if four:
-        codes = unpack_nibbles(b, -1)
-        codes = codes.reshape(*lead, n, -1, 8)[..., inv].reshape(*lead, n, 2 * nb)
-        return pack_nibbles(codes, -1)
-    return b.reshape(*lead, n, -1, 4)[..., inv].reshape(*lead, n, nb)
+    w = _words(values).reshape(*lead, n // 16, nb // 64, 2, 8, 4, 4)
+    w = jnp.transpose(w, (*range(k), k, k + 2, k + 3, k + 1, k + 4, k + 5)).reshape(*lead, n, nb // 4)
+    return _bytes(_move_fields(w, is_four_bit(element_dtype), False), values.dtype)
 
 
 def decode_values(values: jax.Array, element_dtype, *, k_axis: int) -> jax.Array:
