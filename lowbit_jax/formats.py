@@ -129,6 +129,9 @@ class Recipe:
     def __post_init__(self):
         if self.weight.kind != "weight":
             raise ValueError(f"{self.name}: {self.weight.name} is not a weight format")
+        if self.layout == "mma" and self.act is not None:
+            raise ValueError(f"{self.name}: layout 'mma' is for weight-only recipes (the decode GEMV), "
+                             f"not with activations {self.act.name}")
         if self.act is not None:
             check_pair(self.weight, self.act)
 

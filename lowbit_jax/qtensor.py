@@ -179,6 +179,9 @@ def quantize(
     layout = layout or "nk"
     if layout not in blocks.LAYOUTS:
         raise ValueError(f"{layout=} must be one of {blocks.LAYOUTS}")
+    if layout == "mma" and (act is not None or fmt.kind == "activation"):
+        raise ValueError("layout 'mma' stores weights for the weight-only decode GEMV; weights "
+                         "met by quantized activations (and activations) use 'nk' or 'kn'")
     if fmt.kind == "activation" and ax == -1 and layout == "nk":
         # Activations in their natural (..., M, K) order: the kernels' dynamic quantizer
         # is the definition, so qmatmul's reference and its kernels agree bit for bit.
