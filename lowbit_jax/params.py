@@ -158,10 +158,8 @@ def _layout_for(p: str, fmt: QuantFormat, layout: str) -> str:
     same numbers; only decode speed differs)."""
     if layout != "mma":
         return layout
-    edt, bk = fmt.element_dtype, fmt.block[0]
-    if jnp.dtype(edt) not in blocks.MMA_ELEMENTS or (bk and bk % blocks.mma_chunk_k(edt)):
-        log.info("quantize_params: %r (%s) stored 'nk': layout 'mma' serves int8/int4/uint4 with "
-                 "scale blocks of a whole chunk", p, fmt.name)
+    if (why := blocks.mma_format_reason(fmt.element_dtype, fmt.block[0])) is not None:
+        log.info("quantize_params: %r (%s) stored 'nk': %s", p, fmt.name, why)
         return "nk"
     return "mma"
 

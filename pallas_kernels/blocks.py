@@ -119,10 +119,30 @@ def mma_chunk_k(element_dtype) -> int:
     return 128 if is_four_bit(element_dtype) else 64
 
 
+def mma_format_reason(element_dtype, block_k: int | None) -> str | None:
+    """Why weights of this element dtype and scale block (None: per channel) are not what
+    "mma" is for (None when they are): the tensor-core GEMV reads int8, int4 and uint4 codes
+    whose scale blocks are whole chunks."""
+    if jnp.dtype(element_dtype) not in MMA_ELEMENTS:
+        return f"layout 'mma' stores int8, int4 and uint4 codes, not {jnp.dtype(element_dtype)}"
+    ck = mma_chunk_k(element_dtype)
+    if block_k is not None and block_k % ck:
+        return f"layout 'mma' needs scale blocks of whole {ck}-long chunks (block_k={block_k})"
+    return None
+
+
+def mma_padded(k: int, n: int, element_dtype, block_k: int | None, block_n: int | None) -> tuple[int, int]:
+    """(kp, np_) of a (k, n) weight stored "mma": whole chunks (and blocks) along K, whole
+    16-row tiles (and blocks) along N."""
+    ck = mma_chunk_k(element_dtype)
+    return (padded_size(k, math.lcm(ck, block_k or ck), element_dtype),
+            padded_size(n, math.lcm(16, block_n or 1), jnp.int8))
+
+
 def mma_layout_reason(element_dtype, kp: int, np_: int) -> str | None:
     """Why a (kp, np_) padded weight cannot be stored "mma" (None when it can)."""
     if jnp.dtype(element_dtype) not in MMA_ELEMENTS:
-        return f"layout 'mma' stores int8, int4 and uint4 codes, not {jnp.dtype(element_dtype)}"
+        return mma_format_reason(element_dtype, None)
     ck = mma_chunk_k(element_dtype)
     if kp % ck or np_ % 16:
         return (f"layout 'mma' needs padded K={kp} to be a multiple of {ck} and N={np_} a multiple of 16 "
@@ -303,10 +323,8 @@ def quantize_blocks(
     kp, np_ = padded_size(k, bk, edt), padded_size(n, bn, jnp.int8)
     if layout == "mma":  # whole tiles: K to the chunk (and the block), N to 16 rows
         if jnp.dtype(edt) not in MMA_ELEMENTS:
-            raise ValueError(mma_layout_reason(edt, kp, np_))
-        ck = mma_chunk_k(edt)
-        kp = padded_size(k, math.lcm(ck, block_k or ck), edt)
-        np_ = padded_size(n, math.lcm(16, bn), jnp.int8)
+            raise ValueError(mma_format_reason(edt, None))
+        kp, np_ = mma_padded(k, n, edt, block_k, bn)
     if block_k is None:
         bk = kp
     if block_n is None:

@@ -88,8 +88,7 @@ def _storable(label: str, layout: str) -> bool:
     """Whether the format can be stored in `layout` ("mma": int8/int4/uint4 whose scale blocks
     are whole chunks of the tensor-core GEMV)."""
     case = testing.CASES_BY_LABEL[label]
-    edt = jnp.dtype(case.element_dtype)
-    return layout != "mma" or (edt in blocks.MMA_ELEMENTS and not (case.block_k or 0) % blocks.mma_chunk_k(edt))
+    return layout != "mma" or blocks.mma_format_reason(case.element_dtype, case.block_k) is None
 
 
 def bench_weight_only(args) -> tuple[list[Row], list[dict]]:

@@ -184,14 +184,14 @@ class TileConfig:
 def _mma_check(spec: WeightSpec, cfg: TileConfig) -> str | None:
     """Why the `mma` kernel (triton_mma.py) cannot cover `spec` with `cfg`."""
     ck = blocks.mma_chunk_k(spec.element_dtype)
-    if (why := blocks.mma_layout_reason(spec.element_dtype, spec.kp, spec.np_)) is not None:
+    per_channel = spec.block_k >= spec.kp
+    if (why := blocks.mma_format_reason(spec.element_dtype, None if per_channel else spec.block_k)
+            or blocks.mma_layout_reason(spec.element_dtype, spec.kp, spec.np_)):
         return why
     if spec.block_n != 1:
         return f"kernel='mma' needs per-row scales (block_n=1, got {spec.block_n})"
     if cfg.block_k != ck:
         return f"kernel='mma' has a fixed chunk block_k={ck} for {spec.element_dtype} (got {cfg.block_k})"
-    if not (spec.block_k >= spec.kp or spec.block_k % ck == 0):
-        return f"kernel='mma' needs scale block_k={spec.block_k} to be a multiple of its chunk of {ck}"
     if (spec.kp // ck) % (cfg.split_k * cfg.unroll):
         return f"kernel='mma' needs split_k * unroll = {cfg.split_k * cfg.unroll} to divide the {spec.kp // ck} chunks"
     return None

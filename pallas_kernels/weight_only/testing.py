@@ -46,22 +46,23 @@ WEIGHT_CASES = (
 CASES_BY_LABEL = {c.label: c for c in WEIGHT_CASES}
 
 
-def padded_k(case: WeightCase, k: int, layout: str = "kn") -> tuple[int, int]:
-    """(kp, block_k) for a logical K ("mma": whole chunks, as `blocks.quantize_blocks` pads)."""
-    step = case.block_k or (2 if blocks.is_four_bit(case.element_dtype) else 1)
-    if layout == "mma":
-        step = math.lcm(step, blocks.mma_chunk_k(case.element_dtype))
-    kp = -(-k // step) * step
-    return kp, case.block_k or kp
+def padded_k(case: WeightCase, k: int) -> tuple[int, int]:
+    """(kp, block_k) for a logical K."""
+    if case.block_k is None:
+        kp = k + (k % 2 if blocks.is_four_bit(case.element_dtype) else 0)
+        return kp, kp
+    kp = -(-k // case.block_k) * case.block_k
+    return kp, case.block_k
 
 
 def random_weight(key, case: WeightCase, k: int, n: int, layout: str = "kn") -> dict:
     """Stored arrays + static kwargs for `weight_only_matmul` of a logical (k, n) weight."""
-    kp, bk = padded_k(case, k, layout)
+    kp, bk = padded_k(case, k)
     bn = case.block_n
     np_ = -(-n // bn) * bn
-    if layout == "mma":
-        np_ = -(-n // 16) * 16
+    if layout == "mma":  # whole tiles, as `blocks.quantize_blocks` pads
+        kp, np_ = blocks.mma_padded(k, n, case.element_dtype, case.block_k, bn)
+        bk = case.block_k or kp
     kv, ks, kz = jax.random.split(key, 3)
     edt = jnp.dtype(case.element_dtype)
     if blocks.is_four_bit(edt):

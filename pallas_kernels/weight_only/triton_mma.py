@@ -106,15 +106,13 @@ if triton is not None:
     from pallas_kernels.weight_only.triton_decode import _ld_nc
     from pallas_kernels.weight_only.triton_kernel import _decode_scale
 
-    _UP = {(e, xt): tl.constexpr(upcast_asm(d, xt)) for e, d in ((0, jnp.int8), (1, jnp.int4), (2, jnp.uint4))
-           for xt in ("bf16", "f16")}
+    _UP_I8_BF16, _UP_I8_F16 = (tl.constexpr(upcast_asm(jnp.int8, xt)) for xt in ("bf16", "f16"))
+    _UP_S4_BF16, _UP_S4_F16 = (tl.constexpr(upcast_asm(jnp.int4, xt)) for xt in ("bf16", "f16"))
+    _UP_U4_BF16, _UP_U4_F16 = (tl.constexpr(upcast_asm(jnp.uint4, xt)) for xt in ("bf16", "f16"))
     _UP_CONS = tl.constexpr(",".join(["=r"] * 32 + ["r"] * 8))
     _MMA_BF16 = tl.constexpr(mma2_asm("bf16"))
     _MMA_F16 = tl.constexpr(mma2_asm("f16"))
     _MMA_CONS = tl.constexpr(",".join(["=r"] * 4 + ["r"] * 16))
-    _UP_I8_BF16, _UP_I8_F16 = _UP[0, "bf16"], _UP[0, "f16"]
-    _UP_S4_BF16, _UP_S4_F16 = _UP[1, "bf16"], _UP[1, "f16"]
-    _UP_U4_BF16, _UP_U4_F16 = _UP[2, "bf16"], _UP[2, "f16"]
     _ONES_BF16 = tl.constexpr(MAGIC["bf16"][2] * 0x10001)  # 1.0 in both halves
     _ONES_F16 = tl.constexpr(MAGIC["f16"][2] * 0x10001)
 

@@ -55,9 +55,8 @@ class TestWeightOnlyKernels:
     @pytest.mark.parametrize("layout", ["kn", "nk", "mma"])
     @pytest.mark.parametrize("case", CASES, ids=[c.label for c in CASES])
     def test_matches_reference(self, case, layout, interpret):
-        if layout == "mma" and (jnp.dtype(case.element_dtype) not in blocks.MMA_ELEMENTS
-                                or (case.block_k or 128) % blocks.mma_chunk_k(case.element_dtype)):
-            pytest.skip(f"layout 'mma' stores int8/int4/uint4 with whole-chunk scale blocks, not {case.label}")
+        if layout == "mma" and (why := blocks.mma_format_reason(case.element_dtype, case.block_k)):
+            pytest.skip(why)
         for impl in _impls(interpret):
             for m, k, n in SMALL_SHAPES:
                 if case.block_n > 1:

@@ -131,12 +131,10 @@ def test_mma_layout_round_trips(label, k, n):
     """"mma" is a byte permutation of "nk": the same values, scales and dequantized weight."""
     case = testing.CASES_BY_LABEL[label]
     w = jax.random.normal(jax.random.key(3), (k, n), jnp.float32)
-    nk = blocks.quantize_blocks(w, element_dtype=case.element_dtype, scale_dtype=case.scale_dtype,
-                                block_k=case.block_k, block_n=None if case.block_n == 1 else case.block_n,
-                                scale_rule="minmax" if case.zeros else "absmax", layout="nk")
-    mm = blocks.quantize_blocks(w, element_dtype=case.element_dtype, scale_dtype=case.scale_dtype,
-                                block_k=case.block_k, block_n=None if case.block_n == 1 else case.block_n,
-                                scale_rule="minmax" if case.zeros else "absmax", layout="mma")
+    q = dict(element_dtype=case.element_dtype, scale_dtype=case.scale_dtype, block_k=case.block_k,
+             block_n=case.block_n, scale_rule="minmax" if case.zeros else "absmax")
+    nk = blocks.quantize_blocks(w, **q, layout="nk")
+    mm = blocks.quantize_blocks(w, **q, layout="mma")
     assert mm[0].shape[0] % 16 == 0 and mm[0].shape[1] % 64 == 0
     back = blocks.mma_to_nk(mm[0], case.element_dtype)
     np.testing.assert_array_equal(np.asarray(blocks.nk_to_mma(back, case.element_dtype)), np.asarray(mm[0]))
