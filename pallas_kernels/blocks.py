@@ -106,7 +106,10 @@ def float_to_codes(x: jax.Array, element_dtype) -> jax.Array:
 
 
 LAYOUTS = ("kn", "nk", "mma")
-MMA_ELEMENTS = (jnp.dtype(jnp.int8), jnp.dtype(jnp.int4), jnp.dtype(jnp.uint4))
+MMA_ELEMENTS = tuple(jnp.dtype(d) for d in (jnp.int8, jnp.int4, jnp.uint4, jnp.float8_e4m3fn, jnp.float4_e2m1fn))
+# Scale dtypes exact in bf16: the tensor-core GEMV folds scales of blocks shorter than its
+# chunk into the upcast weights (bf16 products), so they must survive that rounding.
+MMA_LANE_SCALES = tuple(jnp.dtype(d) for d in (jnp.float8_e8m0fnu, jnp.float8_e4m3fn, jnp.bfloat16))
 # Within each run of K values held by one 32-bit word: the stored order of "mma" (4-bit: 8
 # codes, a word's nibble j holds K value 2j and nibble j + 4 holds 2j + 1, so that masking
 # the word shifted by 4j yields the K pair (2j, 2j + 1); int8: 4 codes, bytes 0 and 2 hold
@@ -119,15 +122,30 @@ def mma_chunk_k(element_dtype) -> int:
     return 128 if is_four_bit(element_dtype) else 64
 
 
-def mma_format_reason(element_dtype, block_k: int | None) -> str | None:
-    """Why weights of this element dtype and scale block (None: per channel) are not what
-    "mma" is for (None when they are): the tensor-core GEMV reads int8, int4 and uint4 codes
-    whose scale blocks are whole chunks."""
-    if jnp.dtype(element_dtype) not in MMA_ELEMENTS:
-        return f"layout 'mma' stores int8, int4 and uint4 codes, not {jnp.dtype(element_dtype)}"
-    ck = mma_chunk_k(element_dtype)
-    if block_k is not None and block_k % ck:
-        return f"layout 'mma' needs scale blocks of whole {ck}-long chunks (block_k={block_k})"
+def mma_lane_k(element_dtype) -> int:
+    """K values of one "mma" chunk held by one lane (16 bytes of a row): 32 4-bit, 16 8-bit."""
+    return mma_chunk_k(element_dtype) // 4
+
+
+def mma_format_reason(element_dtype, block_k: int | None, scale_dtype) -> str | None:
+    """Why weights of this element dtype, scale block (None: per channel) and scale dtype are
+    not what "mma" is for (None when they are). The tensor-core GEMV reads int8, int4, uint4,
+    e4m3 and e2m1 codes; scale blocks are whole chunks (scales multiply a chunk's sums) or,
+    for the float codes, blocks of half a lane's K run or more with scales exact in bf16
+    (e8m0, e4m3, bf16: folded into the upcast weights, as mxfp4, nvfp4 and mxfp8 need)."""
+    edt = jnp.dtype(element_dtype)
+    if edt not in MMA_ELEMENTS:
+        return f"layout 'mma' stores {', '.join(map(str, MMA_ELEMENTS))} codes, not {edt}"
+    ck, kl = mma_chunk_k(edt), mma_lane_k(edt)
+    if block_k is None or block_k % ck == 0:
+        return None
+    if jnp.issubdtype(edt, jnp.integer):
+        return f"layout 'mma' needs {edt} scale blocks of whole {ck}-long chunks (block_k={block_k})"
+    if block_k < kl // 2:
+        return f"layout 'mma' needs {edt} scale blocks of >= {kl // 2} (block_k={block_k})"
+    if jnp.dtype(scale_dtype) not in MMA_LANE_SCALES:
+        return (f"layout 'mma' folds scales of blocks shorter than its {ck}-long chunk into bf16 weights: "
+                f"scale_dtype must be one of {', '.join(map(str, MMA_LANE_SCALES))} (got {jnp.dtype(scale_dtype)})")
     return None
 
 
@@ -142,7 +160,7 @@ def mma_padded(k: int, n: int, element_dtype, block_k: int | None, block_n: int 
 def mma_layout_reason(element_dtype, kp: int, np_: int) -> str | None:
     """Why a (kp, np_) padded weight cannot be stored "mma" (None when it can)."""
     if jnp.dtype(element_dtype) not in MMA_ELEMENTS:
-        return mma_format_reason(element_dtype, None)
+        return mma_format_reason(element_dtype, None, None)
     ck = mma_chunk_k(element_dtype)
     if kp % ck or np_ % 16:
         return (f"layout 'mma' needs padded K={kp} to be a multiple of {ck} and N={np_} a multiple of 16 "
@@ -323,7 +341,7 @@ def quantize_blocks(
     kp, np_ = padded_size(k, bk, edt), padded_size(n, bn, jnp.int8)
     if layout == "mma":  # whole tiles: K to the chunk (and the block), N to 16 rows
         if jnp.dtype(edt) not in MMA_ELEMENTS:
-            raise ValueError(mma_format_reason(edt, None))
+            raise ValueError(mma_format_reason(edt, None, None))
         kp, np_ = mma_padded(k, n, edt, block_k, bn)
     if block_k is None:
         bk = kp

@@ -85,10 +85,10 @@ def _save_partial(args, name: str, rows: list[Row], checks: list[dict] | None = 
 
 
 def _storable(label: str, layout: str) -> bool:
-    """Whether the format can be stored in `layout` ("mma": int8/int4/uint4 whose scale blocks
-    are whole chunks of the tensor-core GEMV)."""
+    """Whether the format can be stored in `layout` ("mma": what the tensor-core GEMV reads,
+    `blocks.mma_format_reason`)."""
     case = testing.CASES_BY_LABEL[label]
-    return layout != "mma" or blocks.mma_format_reason(case.element_dtype, case.block_k) is None
+    return layout != "mma" or blocks.mma_format_reason(case.element_dtype, case.block_k, case.scale_dtype) is None
 
 
 def bench_weight_only(args) -> tuple[list[Row], list[dict]]:

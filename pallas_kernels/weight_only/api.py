@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from pallas_kernels import blocks
 from pallas_kernels.weight_only import mosaic_kernel, triton_kernel
 from pallas_kernels.weight_only.config import (
-    ELEMENT_DTYPES, MMA_MAX_M, SCALE_DTYPES, TileConfig, WeightSpec, choose_config)
+    ELEMENT_DTYPES, MMA_MAX_M, SCALE_DTYPES, TileConfig, WeightSpec, choose_config, mma_x_reason)
 from pallas_kernels.weight_only.pallas_kernel import weight_only_matmul_pallas
 from pallas_kernels.weight_only.reference import weight_only_matmul_reference
 
@@ -103,6 +103,8 @@ def unsupported_reason(x_shape, x_dtype, *, element_dtype, scale_dtype, block_k:
     cfg = config or choose_config(x_shape[0], spec, backend=backend, device_kind=_device_kind())
     if (why := cfg.check(spec)) is not None:
         return why
+    if cfg.kernel == "mma" and (why := mma_x_reason(element_dtype, x_dtype)) is not None:
+        return why
     if backend == "triton":
         if interpret:
             return "impl='triton' has no interpret mode (use impl='pallas' with interpret=True)"
@@ -143,14 +145,16 @@ def _mosaic_config(config) -> mosaic_kernel.MosaicConfig:
                                       tile_k=config.block_k)
 
 
-def _reads_mma(impl: str, m: int, config) -> bool:
-    """Whether a product with an "mma"-stored weight runs `triton_mma` (decode, M <= MMA_MAX_M,
-    on GPU, or an explicit config of that kernel)."""
+def _reads_mma(impl: str, x, config, element_dtype, block_k: int, scale_dtype, kp: int) -> bool:
+    """Whether a product with an "mma"-stored weight runs `triton_mma`: an explicit config of
+    that kernel, or decode (M <= MMA_MAX_M) on GPU of what the kernel serves."""
     if impl not in ("auto", "triton"):
         return False
     if config is not None:
         return getattr(config, "kernel", None) == "mma"
-    return m <= MMA_MAX_M and _on_gpu() and triton_kernel.available() is None
+    serves = (blocks.mma_format_reason(element_dtype, None if block_k >= kp else block_k, scale_dtype) is None
+              and mma_x_reason(element_dtype, x.dtype) is None)
+    return serves and x.shape[0] <= MMA_MAX_M and _on_gpu() and triton_kernel.available() is None
 
 
 def _kernel_call(x, values, scales, zeros, global_scale, *, chosen, spec, cfg, out_dtype,
@@ -229,7 +233,7 @@ def weight_only_matmul(x, values, scales, zeros=None, global_scale=None, *, elem
                          f"{block_k=}, {block_n=}, {layout=}")
     if zeros is not None and (zeros.shape != scales.shape or zeros.dtype != scales.dtype):
         raise ValueError(f"zeros {zeros.shape} {zeros.dtype} must match scales {scales.shape} {scales.dtype}")
-    if layout == "mma" and not _reads_mma(impl, x.shape[0], config):
+    if layout == "mma" and not _reads_mma(impl, x, config, element_dtype, block_k, scales.dtype, kp):
         # Only the tensor-core GEMV reads "mma"; every other path gets the "nk" bytes back
         # (one XLA pass over the weight, per call: prefill, CPU, explicit other kernels).
         values, layout = blocks.mma_to_nk(values, element_dtype), "nk"

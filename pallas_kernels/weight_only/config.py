@@ -151,6 +151,8 @@ class TileConfig:
         if (spec.layout == "mma") != (self.kernel == "mma"):
             return (f"layout {spec.layout!r} is read by {'only' if spec.layout == 'mma' else 'every kernel but'} "
                     f"the tensor-core GEMV kernel='mma' (got kernel={self.kernel!r})")
+        if self.kernel == "mma":
+            return _mma_check(spec, self)
         bk, tk = spec.block_k, self.block_k
         if spec.four_bit and tk % 2:
             return f"tile block_k={tk} must be even for 4-bit elements"
@@ -173,8 +175,6 @@ class TileConfig:
             return f"kernel={self.kernel!r} needs the tile K={tk} inside one scale block (block_k={bk})"
         if self.kernel == "kgemv" and spec.kp % tk:
             return f"kernel='kgemv' needs padded kp={spec.kp} to be a multiple of the tile K={tk}"
-        if self.kernel == "mma":
-            return _mma_check(spec, self)
         bn, tn = spec.block_n, self.block_n
         if not (bn == 1 or bn % tn == 0):
             return f"scale block_n={bn} must be 1 or a multiple of tile block_n={tn}"
@@ -185,7 +185,7 @@ def _mma_check(spec: WeightSpec, cfg: TileConfig) -> str | None:
     """Why the `mma` kernel (triton_mma.py) cannot cover `spec` with `cfg`."""
     ck = blocks.mma_chunk_k(spec.element_dtype)
     per_channel = spec.block_k >= spec.kp
-    if (why := blocks.mma_format_reason(spec.element_dtype, None if per_channel else spec.block_k)
+    if (why := blocks.mma_format_reason(spec.element_dtype, None if per_channel else spec.block_k, spec.scale_dtype)
             or blocks.mma_layout_reason(spec.element_dtype, spec.kp, spec.np_)):
         return why
     if spec.block_n != 1:
@@ -194,6 +194,15 @@ def _mma_check(spec: WeightSpec, cfg: TileConfig) -> str | None:
         return f"kernel='mma' has a fixed chunk block_k={ck} for {spec.element_dtype} (got {cfg.block_k})"
     if (spec.kp // ck) % (cfg.split_k * cfg.unroll):
         return f"kernel='mma' needs split_k * unroll = {cfg.split_k * cfg.unroll} to divide the {spec.kp // ck} chunks"
+    return None
+
+
+def mma_x_reason(element_dtype, x_dtype) -> str | None:
+    """Why the `mma` kernel cannot take x of `x_dtype` with these codes (None when it can):
+    float codes are upcast into bf16 and meet x in bf16 MMAs."""
+    float_codes = not jnp.issubdtype(jnp.dtype(element_dtype), jnp.integer)
+    if float_codes and jnp.dtype(x_dtype) != jnp.bfloat16:
+        return f"kernel='mma' multiplies {jnp.dtype(element_dtype)} codes with bfloat16 x only (got {jnp.dtype(x_dtype)})"
     return None
 
 

@@ -184,7 +184,7 @@ def run_ptx(asm: str, word, n_out: int) -> list[np.ndarray]:
             regs[args[0]] = ((bf(val(args[1])) << np.uint32(16)) | bf(val(args[2]))).astype(np.uint32)
         elif op == "lop3.b32":
             a, b, c, lut = val(args[1]), val(args[2]), val(args[3]), int(args[4], 0)
-            table = {0xEA: (a & b) | c, 0x6A: (a & b) ^ c, 0xA8: (a | b) & c}
+            table = {0xEA: (a & b) | c, 0x6A: (a & b) ^ c, 0xA8: (a | b) & c, 0xEC: (a & c) | b}
             regs[args[0]] = table[lut].astype(np.uint32)
         else:
             raise NotImplementedError(op)

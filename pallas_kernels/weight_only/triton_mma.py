@@ -12,6 +12,16 @@ per 8 weights a thread holds; what is left per weight is its upcast, under one i
     int8         the same on the two nibble planes: code = 16 * hi + lo, hi signed (136 + hi)
                  and lo unsigned (128 + lo), two MMAs (the hi plane's sum is scaled by 16).
 
+    e2m1, e4m3   the sign to bit 15 and the other bits to bf16's exponent and mantissa
+                 (e2m1: bits 8-6, e4m3: bits 10-4): value * 2**-126 / 2**-120, subnormals
+                 included, then one bf16x2 multiply per pair by a factor that restores
+                 2**126 / 2**120 and, for scale blocks shorter than a chunk (mxfp4 32,
+                 nvfp4 16, mxfp8 32), carries the lane's block scale (times 2**-SCALE_SHIFT,
+                 undone in f32 after the loop): the products are then those of the
+                 dequantized bf16 weight (e2m1 * e8m0 or e4m3 is exact in bf16). 4-bit: per
+                 pair a shift and AND for the magnitude, a shift for the sign, one LOP3;
+                 e4m3: 7 instructions per 4 codes. No offsets.
+
 The offsets are not subtracted per weight: one more MMA per K step with an all-ones A
 operand gives S = sum of x over the chunk (per row of x), and `offset * S` is taken off the
 chunk's sum (zero points likewise: (offset + z) * S). Products and sums are f32.
@@ -35,7 +45,8 @@ Triton gives each (R, 4) int32 tensor (R = 32 * num_warps) one row per thread an
 elements to that thread's registers (TN * R rows: TN rows per thread), so the loads are the
 fragments and every inline-asm operand is in that one layout; scales are loaded by PTX
 (`_ld_nc`), which anchors no other layout. `scripts/ptx_report.py` checks the result offline
-(no shared memory, 16-byte loads). The kernel runs on NVIDIA GPUs (sm_80+) only;
+(no shared memory, 16-byte loads). The kernel runs on NVIDIA GPUs (sm_80+; the float
+codes' bf16x2 multiply needs sm_90) only;
 tests/pallas_kernels/test_weight_only_mma.py runs its PTX on CPU, lanes and MMA included.
 """
 
@@ -93,6 +104,40 @@ def upcast_asm(element_dtype, xt: str) -> str:
     return "{\n" + "\n".join(lines) + "\n}"
 
 
+# e2m1 / e4m3 codes placed in bf16 bits are value * 2**-FLOAT_BIAS (bf16 subnormals included).
+FLOAT_BIAS = {jnp.dtype(jnp.float4_e2m1fn): 126, jnp.dtype(jnp.float8_e4m3fn): 120}
+SCALE_SHIFT = 32  # lane scales enter bf16 as scale * 2**(bias - 32): e8m0 scales up to 2**33
+#                   stay finite (2**34 and up give inf, never a silent wrong number)
+
+
+def float_upcast_asm(element_dtype, nf: int) -> str:
+    """Float codes -> bf16 A fragments times their factors. 8 words (row g, then row g + 8)
+    follow the outputs (e2m1: 32 registers, 8 fragments as `upcast_asm`'s 4-bit ones; e4m3:
+    16, 4 fragments: word i gives fragment i, bytes 0 and 2 its K pair 2t, bytes 1 and 3 pair
+    2t + 8), then 4 bf16x2 factors: row g, row g + 8, and (nf == 2: words 2-3 use a second
+    block) row g, row g + 8 of the lane's second scale block."""
+    four = blocks.is_four_bit(element_dtype)
+    n_out = 32 if four else 16
+    lines = [".reg .b32 s, m, p;"]
+    for i in range(4):
+        for row in range(2):
+            src = f"${n_out + 4 * row + i}"
+            fac = f"${n_out + 8 + row + (2 * (i // 2) if nf == 2 else 0)}"
+            if four:  # pair j: nibbles j, j + 4 at bits 4j, 16 + 4j; sign bit 4j + 3
+                pairs = [(f"shl.b32 s, {src}, {12 - 4 * j};" if j < 3 else None,
+                          f"shl.b32 m, {src}, {6 - 4 * j};" if j < 2 else f"shr.b32 m, {src}, {4 * j - 6};",
+                          "0x01C001C0", 4 * (2 * i + j // 2) + 2 * (j % 2) + row) for j in range(4)]
+            else:  # slot 0: bytes 0, 2 (sign bit 7); slot 1: bytes 1, 3 (sign in place)
+                pairs = [(f"shl.b32 s, {src}, 8;", f"shl.b32 m, {src}, 4;", "0x07F007F0", 4 * i + row),
+                         (None, f"shr.b32 m, {src}, 4;", "0x07F007F0", 4 * i + 2 + row)]
+            for sign, mag, mask, out in pairs:
+                lines += ([sign] if sign else []) + [
+                    mag, f"and.b32 m, m, {mask};",
+                    f"lop3.b32 p, {'s' if sign else src}, m, 0x80008000, 0xec;",  # (sign & 0x8000) | m
+                    f"mul.rn.bf16x2 ${out}, p, {fac};"]
+    return "{\n" + "\n".join(lines) + "\n}"
+
+
 def mma2_asm(xt: str) -> str:
     """Two chained m16n8k16 MMAs, f32 accumulation: D ($0-$3) = A0 ($4-$7) B0 + A1 ($8-$11)
     B1 + C ($16-$19), B0 = ($12, $13), B1 = ($14, $15)."""
@@ -110,11 +155,16 @@ if triton is not None:
     _UP_S4_BF16, _UP_S4_F16 = (tl.constexpr(upcast_asm(jnp.int4, xt)) for xt in ("bf16", "f16"))
     _UP_U4_BF16, _UP_U4_F16 = (tl.constexpr(upcast_asm(jnp.uint4, xt)) for xt in ("bf16", "f16"))
     _UP_CONS = tl.constexpr(",".join(["=r"] * 32 + ["r"] * 8))
+    _UP_E2M1_1, _UP_E2M1_2 = (tl.constexpr(float_upcast_asm(jnp.float4_e2m1fn, nf)) for nf in (1, 2))
+    _UP_E4M3_1, _UP_E4M3_2 = (tl.constexpr(float_upcast_asm(jnp.float8_e4m3fn, nf)) for nf in (1, 2))
+    _UP_E2M1_CONS = tl.constexpr(",".join(["=r"] * 32 + ["r"] * 12))
+    _UP_E4M3_CONS = tl.constexpr(",".join(["=r"] * 16 + ["r"] * 12))
     _MMA_BF16 = tl.constexpr(mma2_asm("bf16"))
     _MMA_F16 = tl.constexpr(mma2_asm("f16"))
     _MMA_CONS = tl.constexpr(",".join(["=r"] * 4 + ["r"] * 16))
     _ONES_BF16 = tl.constexpr(MAGIC["bf16"][2] * 0x10001)  # 1.0 in both halves
     _ONES_F16 = tl.constexpr(MAGIC["f16"][2] * 0x10001)
+    _UNSHIFT = tl.constexpr(float(2 ** SCALE_SHIFT))
 
     @triton.jit
     def _mma2(a0, a1, xw, acc, BF16: tl.constexpr):
@@ -146,6 +196,39 @@ if triton is not None:
             is_pure=True, pack=4)
 
     @triton.jit
+    def _upcast_float(wg, wh, fac, ELEM: tl.constexpr, NF: tl.constexpr):
+        """Row-g and row-(g+8) words and the lane's factors -> 8 (e2m1) or 4 (e4m3) A
+        fragments (`float_upcast_asm`)."""
+        if ELEM == 4 and NF == 2:
+            asm: tl.constexpr = _UP_E2M1_2
+        elif ELEM == 4:
+            asm: tl.constexpr = _UP_E2M1_1
+        elif NF == 2:
+            asm: tl.constexpr = _UP_E4M3_2
+        else:
+            asm: tl.constexpr = _UP_E4M3_1
+        if ELEM == 4:
+            a = tl.inline_asm_elementwise(
+                asm, _UP_E2M1_CONS, [wg, wh, fac],
+                dtype=(tl.int32, tl.int32, tl.int32, tl.int32, tl.int32, tl.int32, tl.int32, tl.int32),
+                is_pure=True, pack=4)
+        else:
+            a = tl.inline_asm_elementwise(asm, _UP_E4M3_CONS, [wg, wh, fac],
+                                          dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=4)
+        return a
+
+    @triton.jit
+    def _lane_factors(raw, SCALE: tl.constexpr, FX: tl.constexpr, FS: tl.constexpr):
+        """Stored scales -> bf16x2 bits of scale * 2**FX (FS = 2.0**FX, FX = bias - SCALE_SHIFT;
+        exact)."""
+        if SCALE == 1:  # e8m0: the exponent field directly (an e8m0 byte e is 2**(e - 127))
+            b = (raw.to(tl.int32) + FX) << 7
+        else:
+            f = _decode_scale(raw, SCALE) * FS
+            b = f.to(tl.bfloat16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+        return b | (b << 16)
+
+    @triton.jit
     def _rep(v, TN: tl.constexpr):
         """A lane tensor (32 NW, 4) repeated for the TN tiles of each warp (TN * 32 NW, 4)."""
         if TN == 1:
@@ -154,12 +237,16 @@ if triton is not None:
 
     @triton.jit
     def _fetch(c, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE: tl.constexpr, SBK: tl.constexpr,
-               CK: tl.constexpr, HAS_Z: tl.constexpr, MODE: tl.constexpr):
+               CK: tl.constexpr, HAS_Z: tl.constexpr, MODE: tl.constexpr, sf, FX: tl.constexpr, FS: tl.constexpr):
         """Chunk c's weight words (rows g and g + 8: two 512-byte runs per warp) and, per
-        scale block (MODE 1), its scales and zero points."""
+        scale block (MODE 1), its scales and zero points; MODE 2: the lane's factors (sf: the
+        offsets of its scales, (R, 4): rows g, g + 8, then those of its second block)."""
         wg = tl.load(w_g + c * 256, eviction_policy="evict_first")  # 1 KB per tile and chunk
         wh = tl.load(w_h + c * 256, eviction_policy="evict_first")
-        if MODE == 1:
+        if MODE == 2:
+            s = _lane_factors(_ld_nc(s_ptr + sf + ((c * CK) // SBK) * ssk), SCALE, FX, FS)
+            z = s
+        elif MODE == 1:
             off = ((c * CK) // SBK) * ssk + n_out * ssn
             s = _decode_scale(_ld_nc(s_ptr + off), SCALE)
             z = _decode_scale(_ld_nc(z_ptr + off), SCALE) if HAS_Z else s
@@ -200,6 +287,50 @@ if triton is not None:
         return acc, xs
 
     @triton.jit
+    def _block_float(a, xp, acc, ELEM: tl.constexpr, TN: tl.constexpr):
+        """acc + one n8 block of x rows times one chunk of float codes (bf16 x; no offsets)."""
+        x0 = tl.load(xp)
+        x1 = tl.load(xp + 4)
+        acc = _mma2(a[0], a[1], _rep(x0, TN), acc, True)
+        acc = _mma2(a[2], a[3], _rep(x1, TN), acc, True)
+        if ELEM == 4:
+            x2 = tl.load(xp + 8)
+            x3 = tl.load(xp + 12)
+            acc = _mma2(a[4], a[5], _rep(x2, TN), acc, True)
+            acc = _mma2(a[6], a[7], _rep(x3, TN), acc, True)
+        return acc
+
+    @triton.jit
+    def _consume_float(f, c, x0, x1, tot0, tot1, ELEM: tl.constexpr, CK: tl.constexpr, MODE: tl.constexpr,
+                       NB: tl.constexpr, TN: tl.constexpr, NF: tl.constexpr, FAC: tl.constexpr):
+        """tot += chunk c's product: MODE 2 with the scales in the factors, MODE 0 (scales after
+        the loop) straight into tot, MODE 1 from zero, times its scales."""
+        wg, wh, s, z = f
+        if MODE == 2:
+            fac = s
+        else:
+            fac = tl.full(wg.shape, FAC, tl.int32)  # 2**bias in both halves
+        a = _upcast_float(wg, wh, fac, ELEM, NF)
+        if MODE == 1:
+            zt = tl.zeros(tot0.shape, tl.float32)
+            tot0 += _block_float(a, x0 + c * (CK // 2), zt, ELEM, TN) * s
+            if NB == 2:
+                tot1 += _block_float(a, x1 + c * (CK // 2), zt, ELEM, TN) * s
+        else:
+            tot0 = _block_float(a, x0 + c * (CK // 2), tot0, ELEM, TN)
+            if NB == 2:
+                tot1 = _block_float(a, x1 + c * (CK // 2), tot1, ELEM, TN)
+        return tot0, tot1
+
+    @triton.jit
+    def _use(f, c, x0, x1, tot0, tot1, ELEM: tl.constexpr, BF16: tl.constexpr, CK: tl.constexpr,
+             MODE: tl.constexpr, NB: tl.constexpr, TN: tl.constexpr, HAS_Z: tl.constexpr, OFF: tl.constexpr,
+             NF: tl.constexpr, FAC: tl.constexpr):
+        if ELEM >= 3:
+            return _consume_float(f, c, x0, x1, tot0, tot1, ELEM, CK, MODE, NB, TN, NF, FAC)
+        return _consume(f, c, x0, x1, tot0, tot1, ELEM, BF16, CK, MODE, NB, TN, HAS_Z, OFF)
+
+    @triton.jit
     def _consume(f, c, x0, x1, tot0, tot1, ELEM: tl.constexpr, BF16: tl.constexpr, CK: tl.constexpr,
                  MODE: tl.constexpr, NB: tl.constexpr, TN: tl.constexpr, HAS_Z: tl.constexpr,
                  OFF: tl.constexpr):
@@ -231,6 +362,7 @@ if triton is not None:
         ELEM: tl.constexpr, SCALE: tl.constexpr, SBK: tl.constexpr, HAS_Z: tl.constexpr,
         HAS_G: tl.constexpr, MODE: tl.constexpr, NB: tl.constexpr, NW: tl.constexpr,
         CK: tl.constexpr, U: tl.constexpr, TN: tl.constexpr, OFF: tl.constexpr, MB: tl.constexpr,
+        NF: tl.constexpr, FX: tl.constexpr, FS: tl.constexpr, FAC: tl.constexpr,
     ):
         """Program (n, 0, s): NW warps, TN 16-row tiles of W each; x rows 16mb .. 16mb + 8 NB for mb < MB;
         chunks [s * CS, (s + 1) * CS) of the CT in K, U per loop step, loaded one step ahead
@@ -253,6 +385,11 @@ if triton is not None:
         xq = x_ptr.to(tl.pointer_type(tl.int32))
         ok = (tile_raw < NT)[:, None] & (n_out < N)
         base = tl.program_id(2) * CS
+        # MODE 2: lane (g, t)'s scales: rows g, g + 8 (j % 2) of the block of its K run t (and,
+        # NF == 2, of the run's second half: j // 2), offsets without the chunk's block.
+        KL: tl.constexpr = CK // 4
+        sf = ((tile * 16 + (rr % 32) // 4)[:, None] + 8 * (j % 2)) * ssn
+        sf += (((rr % 4) * KL)[:, None] + (j // 2) * (KL // 2) * (NF - 1)) // SBK * ssk
         # Rows of x by 16 (MB > 1: M > 16; unrolled, so M <= 16 compiles to one pass): the
         # program's weight slice is read from HBM once, again from L2 for the next 16 rows (and
         # upcast again).
@@ -262,40 +399,43 @@ if triton is not None:
             x1 = xq + (tl.minimum(m0 + 8 + g, M - 1) * sxm + t * (CK // 8))[:, None] + j
             tot0 = tl.zeros((R, 4), tl.float32)
             tot1 = tl.zeros((R, 4), tl.float32)
-            p0 = _fetch(base, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE)
+            p0 = _fetch(base, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, FX, FS)
             p1 = p0
             p2 = p0
             p3 = p0
             if U >= 2:
-                p1 = _fetch(base + 1, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE)
+                p1 = _fetch(base + 1, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, FX, FS)
             if U == 4:
-                p2 = _fetch(base + 2, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE)
-                p3 = _fetch(base + 3, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE)
+                p2 = _fetch(base + 2, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, FX, FS)
+                p3 = _fetch(base + 3, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, FX, FS)
             for c0 in tl.range(0, CS, U):
                 q0 = p0
                 q1 = p1
                 q2 = p2
                 q3 = p3
                 nx = base + tl.minimum(c0 + U, CS - U)
-                p0 = _fetch(nx, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE)
+                p0 = _fetch(nx, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, FX, FS)
                 if U >= 2:
-                    p1 = _fetch(nx + 1, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE)
+                    p1 = _fetch(nx + 1, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, FX, FS)
                 if U == 4:
-                    p2 = _fetch(nx + 2, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE)
-                    p3 = _fetch(nx + 3, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE)
-                tot0, tot1 = _consume(q0, base + c0, x0, x1, tot0, tot1, ELEM, BF16, CK, MODE, NB, TN, HAS_Z, OFF)
+                    p2 = _fetch(nx + 2, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, FX, FS)
+                    p3 = _fetch(nx + 3, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, FX, FS)
+                tot0, tot1 = _use(q0, base + c0, x0, x1, tot0, tot1, ELEM, BF16, CK, MODE, NB, TN, HAS_Z, OFF, NF, FAC)
                 if U >= 2:
-                    tot0, tot1 = _consume(q1, base + c0 + 1, x0, x1, tot0, tot1, ELEM, BF16, CK, MODE, NB, TN,
-                                          HAS_Z, OFF)
+                    tot0, tot1 = _use(q1, base + c0 + 1, x0, x1, tot0, tot1, ELEM, BF16, CK, MODE, NB, TN,
+                                      HAS_Z, OFF, NF, FAC)
                 if U == 4:
-                    tot0, tot1 = _consume(q2, base + c0 + 2, x0, x1, tot0, tot1, ELEM, BF16, CK, MODE, NB, TN,
-                                          HAS_Z, OFF)
-                    tot0, tot1 = _consume(q3, base + c0 + 3, x0, x1, tot0, tot1, ELEM, BF16, CK, MODE, NB, TN,
-                                          HAS_Z, OFF)
+                    tot0, tot1 = _use(q2, base + c0 + 2, x0, x1, tot0, tot1, ELEM, BF16, CK, MODE, NB, TN,
+                                      HAS_Z, OFF, NF, FAC)
+                    tot0, tot1 = _use(q3, base + c0 + 3, x0, x1, tot0, tot1, ELEM, BF16, CK, MODE, NB, TN,
+                                      HAS_Z, OFF, NF, FAC)
             if MODE == 0:
                 s = _decode_scale(_ld_nc(s_ptr + n_out * ssn), SCALE)
                 tot0 = tot0 * s
                 tot1 = tot1 * s
+            if MODE == 2:
+                tot0 = tot0 * _UNSHIFT
+                tot1 = tot1 * _UNSHIFT
             if HAS_G:
                 tot0 = tot0 * tl.load(g_ptr)
                 tot1 = tot1 * tl.load(g_ptr)
@@ -306,6 +446,13 @@ if triton is not None:
                 tl.store(o_ptrs + (mo + 8) * som, tot1.to(o_ptr.dtype.element_ty), mask=ok & (mo + 8 < M))
 
 
+def _float_factors(bias: int) -> dict:
+    """The float codes' factor constants: FAC, 2**bias as bf16x2 bits (scales after the
+    MMAs); FX, FS = bias - SCALE_SHIFT and 2.0**FX (scales folded into the factors)."""
+    return dict(FAC=((bias + 127) << 7) * 0x10001 if bias else 0, FX=bias - SCALE_SHIFT,
+                FS=2.0 ** (bias - SCALE_SHIFT))
+
+
 def mma_args(x, arrays, ints, consts, *, spec, cfg):
     """`mma`'s inputs, constexprs and grid from the shared launch arguments
     (`triton_kernel.triton_launch`; `TileConfig.check` has vetted spec and cfg). x is read as
@@ -314,8 +461,16 @@ def mma_args(x, arrays, ints, consts, *, spec, cfg):
     m = x.shape[0]
     if x.shape[1] != spec.kp:
         x = jnp.pad(x, ((0, 0), (0, spec.kp - x.shape[1])))
-    ck = blocks.mma_chunk_k(spec.element_dtype)
+    edt = jnp.dtype(spec.element_dtype)
+    ck = blocks.mma_chunk_k(edt)
     chunks = spec.kp // ck
+    if spec.block_k >= spec.kp:
+        mode = 0  # per channel: scales after the loop
+    elif spec.block_k % ck == 0:
+        mode = 1  # whole chunks per block: scales times each chunk's sums
+    else:
+        mode = 2  # float codes, shorter blocks: scales in the upcast's factors
+    nf = 2 if mode == 2 and spec.block_k < blocks.mma_lane_k(edt) else 1
     nt = spec.np_ // 16
     xt = "bf16" if x.dtype == jnp.bfloat16 else "f16"
     params = dict(
@@ -323,8 +478,8 @@ def mma_args(x, arrays, ints, consts, *, spec, cfg):
         sos=m * spec.n if cfg.split_k > 1 else 0, som=spec.n,
         **{k: ints[k] for k in ("ssk", "ssn")},
         **{k: consts[k] for k in ("ELEM", "SCALE", "SBK", "HAS_Z", "HAS_G")},
-        MODE=0 if spec.block_k >= spec.kp else 1, NB=cfg.block_m // 8, NW=cfg.num_warps, CK=ck,
-        U=cfg.unroll, TN=cfg.block_n // (16 * cfg.num_warps), OFF=offset(spec.element_dtype, xt),
-        MB=-(-m // 16))
+        MODE=mode, NB=cfg.block_m // 8, NW=cfg.num_warps, CK=ck, U=cfg.unroll,
+        TN=cfg.block_n // (16 * cfg.num_warps), OFF=0.0 if edt in FLOAT_BIAS else offset(edt, xt),
+        MB=-(-m // 16), NF=nf, **_float_factors(FLOAT_BIAS.get(edt, 0)))
     grid = (-(-nt // (cfg.block_n // 16)), 1, cfg.split_k)
     return (x, w, s, z, g), params, grid

@@ -51,7 +51,7 @@ def test_every_decode_kernel_compiles(cfg, label, layout):
     assert r["stack"] <= 64 and r["widest"] >= 4, r
 
 
-@pytest.mark.parametrize("label", ["int4-g128", "uint4-g128", "int8"])
+@pytest.mark.parametrize("label", ["int4-g128", "uint4-g128", "int8", "mxfp4", "nvfp4", "fp8", "mxfp8"])
 @pytest.mark.parametrize("m", [1, 16, 40])
 def test_mma_launches_are_fragment_loads_without_shared_memory(label, m):
     """The tensor-core GEMV (layout "mma") as the chooser launches it: the weight and x loads

@@ -55,7 +55,7 @@ class TestWeightOnlyKernels:
     @pytest.mark.parametrize("layout", ["kn", "nk", "mma"])
     @pytest.mark.parametrize("case", CASES, ids=[c.label for c in CASES])
     def test_matches_reference(self, case, layout, interpret):
-        if layout == "mma" and (why := blocks.mma_format_reason(case.element_dtype, case.block_k)):
+        if layout == "mma" and (why := blocks.mma_format_reason(case.element_dtype, case.block_k, case.scale_dtype)):
             pytest.skip(why)
         for impl in _impls(interpret):
             for m, k, n in SMALL_SHAPES:
@@ -158,13 +158,15 @@ class TestWeightOnlyGPU(TestWeightOnlyKernels):
     @pytest.mark.parametrize("kn", REAL_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
     @pytest.mark.parametrize("label", ["int8", "int4-g128", "uint4-g128", "fp8", "mxfp8", "mxfp4", "nvfp4"])
     def test_real_widths(self, label, kn, interpret):
-        """The recipes' layouts ("mma" for int8/int4/uint4: the tensor-core GEMV for M <= 64,
-        an "nk" copy for prefill; else "nk") with the chooser's configs (tuned table included)."""
-        layout = "mma" if label in ("int8", "int4-g128", "uint4-g128") else "nk"
+        """The recipes' layouts ("mma" where the tensor-core GEMV serves the format: it runs for
+        M <= 32, an "nk" copy for prefill; else "nk") with the chooser's configs (tuned table
+        included)."""
+        case = testing.CASES_BY_LABEL[label]
+        layout = "nk" if blocks.mma_format_reason(case.element_dtype, case.block_k, case.scale_dtype) else "mma"
         for m in (1, 16, 1024):
-            _check(testing.CASES_BY_LABEL[label], m, kn[0], kn[1], layout, "triton", interpret)
+            _check(case, m, kn[0], kn[1], layout, "triton", interpret)
 
-    @pytest.mark.parametrize("label", ["int8", "int4-g128", "uint4-g128"])
+    @pytest.mark.parametrize("label", ["int8", "int4-g128", "uint4-g128", "fp8", "mxfp8", "mxfp4", "nvfp4"])
     @pytest.mark.parametrize("m,warps,unroll,tiles,split", [(1, 4, 1, 2, 1), (3, 2, 2, 1, 2), (8, 4, 4, 1, 1),
                                                             (13, 2, 2, 2, 2), (16, 8, 1, 1, 4), (40, 4, 2, 2, 1)])
     def test_mma_kernel(self, label, m, warps, unroll, tiles, split, interpret):

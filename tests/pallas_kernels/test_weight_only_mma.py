@@ -55,10 +55,14 @@ def model_kernel(x, w, xt) -> np.ndarray:
     xp = np.zeros((-(-m // 8) * 8, kp), np.float32)
     xp[:m, :x.shape[1]] = np.asarray(x, np.float32)
     xw = xp.astype(NP_X[xt]).view(np.uint32)  # (rows, kp / 2) pairs
-    off = triton_mma.offset(edt, xt)
+    bk = w["block_k"]
+    floats = edt in triton_mma.FLOAT_BIAS
+    lane_scales = floats and bk < kp and bk % ck != 0  # MODE 2: scales in the upcast's factors
+    nf = 2 if lane_scales and bk < ck // 4 else 1
+    off = 0.0 if floats else triton_mma.offset(edt, xt)
     s = np.asarray(w["scales"], np.float32)  # (N, K / block)
     z = np.asarray(w["zeros"], np.float32) if w["zeros"] is not None else None
-    asm = triton_mma.upcast_asm(edt, xt)
+    asm = triton_mma.float_upcast_asm(edt, nf) if floats else triton_mma.upcast_asm(edt, xt)
     ones = np.full((32,), (triton_mma.MAGIC[xt][2] * 0x10001), np.uint32)
     out = np.zeros((xp.shape[0], nrows))
     lanes = np.arange(32)
@@ -67,9 +71,12 @@ def model_kernel(x, w, xt) -> np.ndarray:
         for c in range(chunks):
             wd = words[tile, c]
             ins = [wd[lanes * 4 + i] for i in range(4)] + [wd[128 + lanes * 4 + i] for i in range(4)]
-            frags = run_ptx(asm, ins, 32)
+            if floats:
+                ins += lane_factors(w, tile, c, ck, nf) if lane_scales else [np.uint32(triton_mma._float_factors(
+                    triton_mma.FLOAT_BIAS[edt])["FAC"])] * 4
+            frags = run_ptx(asm, ins, 16 if edt == jnp.float8_e4m3fn else 32)
             rows = tile * 16 + np.r_[0:16]
-            srow = (c * ck) // w["block_k"] if w["block_k"] < kp else 0
+            srow = (c * ck) // bk if bk < kp else 0
             for b0 in range(0, xp.shape[0], 8):
                 def xvec(v):  # the lane's 4 x words of x vector v in this chunk
                     base = c * ck // 2 + t * (ck // 8) + 4 * v
@@ -88,12 +95,39 @@ def model_kernel(x, w, xt) -> np.ndarray:
                         acc += mma(frags[8 * v:8 * v + 4], xr[:2], xt) + mma(frags[8 * v + 4:8 * v + 8], xr[2:], xt)
                 cz = off + (z[rows, srow][:, None] if z is not None else 0.0)
                 d = acc + 16 * hi - cz * xs
-                out[b0:b0 + 8, rows] += (d * s[rows, srow][:, None]).T
+                scale = 2.0 ** triton_mma.SCALE_SHIFT if lane_scales else s[rows, srow][:, None]
+                out[b0:b0 + 8, rows] += (d * scale).T
+    if w["global_scale"] is not None:
+        out *= float(w["global_scale"])
     return out[:m]
 
 
-@pytest.mark.parametrize("label", ["int4-g128", "uint4-g128", "int8"])
-@pytest.mark.parametrize("xt", ["bf16", "f16"])
+def lane_factors(w, tile, c, ck, nf) -> list[np.ndarray]:
+    """The 4 factor registers of every lane (rows g, g + 8; then those of the second block of
+    its K run): bf16x2 bits of scale * 2**(bias - SCALE_SHIFT), written out from the formats'
+    definitions (e8m0 2**(e - 127); other scales their float value)."""
+    edt = jnp.dtype(w["element_dtype"])
+    bias = triton_mma.FLOAT_BIAS[edt]
+    g, t = np.arange(32) // 4, np.arange(32) % 4
+    regs = []
+    for half in range(2):
+        for row in range(2):
+            n = tile * 16 + g + 8 * row
+            kb = (c * ck + t * (ck // 4) + half * (ck // 8) * (nf - 1)) // w["block_k"]
+            sc = np.asarray(w["scales"])[n, kb]
+            if sc.dtype == jnp.float8_e8m0fnu:
+                e = sc.view(np.uint8).astype(np.float64) - 127
+                val = 2.0 ** (e + bias - triton_mma.SCALE_SHIFT)
+            else:
+                val = sc.astype(np.float64) * 2.0 ** (bias - triton_mma.SCALE_SHIFT)
+            bits = val.astype(np.float32).astype(jnp.bfloat16).view(np.uint16).astype(np.uint32)
+            regs.append(bits | (bits << np.uint32(16)))
+    return regs
+
+
+@pytest.mark.parametrize("label,xt", [(label, xt) for label in ("int4-g128", "uint4-g128", "int8")
+                                      for xt in ("bf16", "f16")]
+                         + [(label, "bf16") for label in ("mxfp4", "nvfp4", "fp8", "mxfp8")])
 def test_mma_kernel_math_matches_reference(label, xt):
     case = testing.CASES_BY_LABEL[label]
     k, n, m = 256, 32, 3
@@ -125,7 +159,7 @@ def test_upcast_gives_magic_plus_code_on_every_byte(label):
             np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("label", ["int4-g128", "uint4-g128", "int8"])
+@pytest.mark.parametrize("label", ["int4-g128", "uint4-g128", "int8", "mxfp4", "nvfp4", "fp8"])
 @pytest.mark.parametrize("k,n", [(256, 48), (200, 40)])
 def test_mma_layout_round_trips(label, k, n):
     """"mma" is a byte permutation of "nk": the same values, scales and dequantized weight."""
