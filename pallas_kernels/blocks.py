@@ -107,9 +107,9 @@ def float_to_codes(x: jax.Array, element_dtype) -> jax.Array:
 
 LAYOUTS = ("kn", "nk", "mma")
 MMA_ELEMENTS = tuple(jnp.dtype(d) for d in (jnp.int8, jnp.int4, jnp.uint4, jnp.float8_e4m3fn, jnp.float4_e2m1fn))
-# Scale dtypes exact in bf16: the tensor-core GEMV folds scales of blocks shorter than its
-# chunk into the upcast weights (bf16 products), so they must survive that rounding.
-MMA_LANE_SCALES = tuple(jnp.dtype(d) for d in (jnp.float8_e8m0fnu, jnp.float8_e4m3fn, jnp.bfloat16))
+# Scale dtypes the tensor-core GEMV folds into the upcast bf16 weights (blocks shorter than its
+# chunk): exact in bf16, so the products are those of the dequantized weight.
+MMA_LANE_SCALES = (jnp.dtype(jnp.float8_e8m0fnu), jnp.dtype(jnp.float8_e4m3fn))
 # Within each run of K values held by one 32-bit word: the stored order of "mma" (4-bit: 8
 # codes, a word's nibble j holds K value 2j and nibble j + 4 holds 2j + 1, so that masking
 # the word shifted by 4j yields the K pair (2j, 2j + 1); int8: 4 codes, bytes 0 and 2 hold
@@ -131,8 +131,8 @@ def mma_format_reason(element_dtype, block_k: int | None, scale_dtype) -> str | 
     """Why weights of this element dtype, scale block (None: per channel) and scale dtype are
     not what "mma" is for (None when they are). The tensor-core GEMV reads int8, int4, uint4,
     e4m3 and e2m1 codes; scale blocks are whole chunks (scales multiply a chunk's sums) or,
-    for the float codes, blocks of half a lane's K run or more with scales exact in bf16
-    (e8m0, e4m3, bf16: folded into the upcast weights, as mxfp4, nvfp4 and mxfp8 need)."""
+    for the float codes, blocks of half a lane's K run or more with e8m0 or e4m3 scales
+    (exact in bf16: folded into the upcast weights; mxfp4, nvfp4 and mxfp8)."""
     edt = jnp.dtype(element_dtype)
     if edt not in MMA_ELEMENTS:
         return f"layout 'mma' stores {', '.join(map(str, MMA_ELEMENTS))} codes, not {edt}"

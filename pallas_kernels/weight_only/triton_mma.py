@@ -138,6 +138,15 @@ def float_upcast_asm(element_dtype, nf: int) -> str:
     return "{\n" + "\n".join(lines) + "\n}"
 
 
+def lane_load_asm(nf: int) -> str:
+    """A lane's scale bytes ($0-$3 from the pointers $4-$7, zero-extended): nf == 1 loads the
+    first two (rows g, g + 8) and repeats them, the other pointers unused."""
+    lines = [f"ld.global.nc.u8 ${i}, [${4 + i}];" for i in range(2 * nf)]
+    if nf == 1:
+        lines += ["mov.b32 $2, $0;", "mov.b32 $3, $1;"]
+    return "{\n" + "\n".join(lines) + "\n}"
+
+
 def mma2_asm(xt: str) -> str:
     """Two chained m16n8k16 MMAs, f32 accumulation: D ($0-$3) = A0 ($4-$7) B0 + A1 ($8-$11)
     B1 + C ($16-$19), B0 = ($12, $13), B1 = ($14, $15)."""
@@ -157,6 +166,7 @@ if triton is not None:
     _UP_CONS = tl.constexpr(",".join(["=r"] * 32 + ["r"] * 8))
     _UP_E2M1_1, _UP_E2M1_2 = (tl.constexpr(float_upcast_asm(jnp.float4_e2m1fn, nf)) for nf in (1, 2))
     _UP_E4M3_1, _UP_E4M3_2 = (tl.constexpr(float_upcast_asm(jnp.float8_e4m3fn, nf)) for nf in (1, 2))
+    _LD_LANE_1, _LD_LANE_2 = (tl.constexpr(lane_load_asm(nf)) for nf in (1, 2))
     _UP_E2M1_CONS = tl.constexpr(",".join(["=r"] * 32 + ["r"] * 12))
     _UP_E4M3_CONS = tl.constexpr(",".join(["=r"] * 16 + ["r"] * 12))
     _MMA_BF16 = tl.constexpr(mma2_asm("bf16"))
@@ -218,14 +228,19 @@ if triton is not None:
         return a
 
     @triton.jit
-    def _lane_factors(raw, SCALE: tl.constexpr, FX: tl.constexpr, FS: tl.constexpr):
-        """Stored scales -> bf16x2 bits of scale * 2**FX (FS = 2.0**FX, FX = bias - SCALE_SHIFT;
-        exact)."""
-        if SCALE == 1:  # e8m0: the exponent field directly (an e8m0 byte e is 2**(e - 127))
-            b = (raw.to(tl.int32) + FX) << 7
+    def _lane_factors(ptrs, SCALE: tl.constexpr, NF: tl.constexpr, FC: tl.constexpr, FS: tl.constexpr):
+        """The lane's scales (`lane_load_asm`) -> bf16x2 bits of scale * 2**FX (FX = bias -
+        SCALE_SHIFT, FS = 2.0**FX, FC = (FX << 7) * 0x10001; exact)."""
+        if NF == 1:
+            asm: tl.constexpr = _LD_LANE_1
         else:
-            f = _decode_scale(raw, SCALE) * FS
-            b = f.to(tl.bfloat16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+            asm: tl.constexpr = _LD_LANE_2
+        raw = tl.inline_asm_elementwise(asm, "=r,=r,=r,=r,l,l,l,l", [ptrs], dtype=tl.int32, is_pure=True, pack=4)
+        if SCALE == 1:  # e8m0 byte e = 2**(e - 127): the exponent field e + FX in both halves, one IMAD
+            b = raw.to(tl.uint32, bitcast=True) * 0x00800080 + FC
+            return b.to(tl.int32, bitcast=True)
+        f = _decode_scale(raw.to(tl.uint8), SCALE) * FS  # e4m3
+        b = f.to(tl.bfloat16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
         return b | (b << 16)
 
     @triton.jit
@@ -237,14 +252,15 @@ if triton is not None:
 
     @triton.jit
     def _fetch(c, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE: tl.constexpr, SBK: tl.constexpr,
-               CK: tl.constexpr, HAS_Z: tl.constexpr, MODE: tl.constexpr, sf, FX: tl.constexpr, FS: tl.constexpr):
+               CK: tl.constexpr, HAS_Z: tl.constexpr, MODE: tl.constexpr, sf, NF: tl.constexpr, FC: tl.constexpr,
+               FS: tl.constexpr):
         """Chunk c's weight words (rows g and g + 8: two 512-byte runs per warp) and, per
         scale block (MODE 1), its scales and zero points; MODE 2: the lane's factors (sf: the
         offsets of its scales, (R, 4): rows g, g + 8, then those of its second block)."""
         wg = tl.load(w_g + c * 256, eviction_policy="evict_first")  # 1 KB per tile and chunk
         wh = tl.load(w_h + c * 256, eviction_policy="evict_first")
         if MODE == 2:
-            s = _lane_factors(_ld_nc(s_ptr + sf + ((c * CK) // SBK) * ssk), SCALE, FX, FS)
+            s = _lane_factors(s_ptr + sf + ((c * CK) // SBK) * ssk, SCALE, NF, FC, FS)
             z = s
         elif MODE == 1:
             off = ((c * CK) // SBK) * ssk + n_out * ssn
@@ -362,7 +378,7 @@ if triton is not None:
         ELEM: tl.constexpr, SCALE: tl.constexpr, SBK: tl.constexpr, HAS_Z: tl.constexpr,
         HAS_G: tl.constexpr, MODE: tl.constexpr, NB: tl.constexpr, NW: tl.constexpr,
         CK: tl.constexpr, U: tl.constexpr, TN: tl.constexpr, OFF: tl.constexpr, MB: tl.constexpr,
-        NF: tl.constexpr, FX: tl.constexpr, FS: tl.constexpr, FAC: tl.constexpr,
+        NF: tl.constexpr, FC: tl.constexpr, FS: tl.constexpr, FAC: tl.constexpr,
     ):
         """Program (n, 0, s): NW warps, TN 16-row tiles of W each; x rows 16mb .. 16mb + 8 NB for mb < MB;
         chunks [s * CS, (s + 1) * CS) of the CT in K, U per loop step, loaded one step ahead
@@ -399,27 +415,27 @@ if triton is not None:
             x1 = xq + (tl.minimum(m0 + 8 + g, M - 1) * sxm + t * (CK // 8))[:, None] + j
             tot0 = tl.zeros((R, 4), tl.float32)
             tot1 = tl.zeros((R, 4), tl.float32)
-            p0 = _fetch(base, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, FX, FS)
+            p0 = _fetch(base, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FC, FS)
             p1 = p0
             p2 = p0
             p3 = p0
             if U >= 2:
-                p1 = _fetch(base + 1, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, FX, FS)
+                p1 = _fetch(base + 1, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FC, FS)
             if U == 4:
-                p2 = _fetch(base + 2, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, FX, FS)
-                p3 = _fetch(base + 3, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, FX, FS)
+                p2 = _fetch(base + 2, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FC, FS)
+                p3 = _fetch(base + 3, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FC, FS)
             for c0 in tl.range(0, CS, U):
                 q0 = p0
                 q1 = p1
                 q2 = p2
                 q3 = p3
                 nx = base + tl.minimum(c0 + U, CS - U)
-                p0 = _fetch(nx, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, FX, FS)
+                p0 = _fetch(nx, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FC, FS)
                 if U >= 2:
-                    p1 = _fetch(nx + 1, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, FX, FS)
+                    p1 = _fetch(nx + 1, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FC, FS)
                 if U == 4:
-                    p2 = _fetch(nx + 2, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, FX, FS)
-                    p3 = _fetch(nx + 3, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, FX, FS)
+                    p2 = _fetch(nx + 2, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FC, FS)
+                    p3 = _fetch(nx + 3, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FC, FS)
                 tot0, tot1 = _use(q0, base + c0, x0, x1, tot0, tot1, ELEM, BF16, CK, MODE, NB, TN, HAS_Z, OFF, NF, FAC)
                 if U >= 2:
                     tot0, tot1 = _use(q1, base + c0 + 1, x0, x1, tot0, tot1, ELEM, BF16, CK, MODE, NB, TN,
@@ -448,9 +464,11 @@ if triton is not None:
 
 def _float_factors(bias: int) -> dict:
     """The float codes' factor constants: FAC, 2**bias as bf16x2 bits (scales after the
-    MMAs); FX, FS = bias - SCALE_SHIFT and 2.0**FX (scales folded into the factors)."""
-    return dict(FAC=((bias + 127) << 7) * 0x10001 if bias else 0, FX=bias - SCALE_SHIFT,
-                FS=2.0 ** (bias - SCALE_SHIFT))
+    MMAs); with FX = bias - SCALE_SHIFT (scales folded into the factors), FC = FX in both
+    halves' exponent fields and FS = 2.0**FX."""
+    fx = bias - SCALE_SHIFT
+    return dict(FAC=((bias + 127) << 7) * 0x10001 if bias else 0, FC=((fx << 7) * 0x10001) % (1 << 32),
+                FS=2.0 ** fx)
 
 
 def mma_args(x, arrays, ints, consts, *, spec, cfg):
