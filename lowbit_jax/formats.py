@@ -118,8 +118,8 @@ class Recipe:
     and the storage layout of weights: "nk" (K-major: each output channel's codes are
     contiguous, so decode kernels load 16-byte runs along K and the scaled GEMMs feed the
     tensor cores K-major), "mma" ("nk" rearranged into the tiles of the tensor-core decode
-    GEMV: int8, int4 and uint4 with scale blocks of >= 128 / 64; the measured best for
-    decode on H200, BENCHMARKS.md; prefill reads an "nk" copy) or "kn"."""
+    GEMV, `blocks.mma_format_reason`: int8, int4, uint4, fp8, mxfp4, nvfp4; the measured best
+    for decode on H200, BENCHMARKS.md; prefill reads an "nk" copy) or "kn"."""
 
     name: str
     weight: QuantFormat
@@ -205,9 +205,10 @@ def _recipes() -> dict[str, Recipe]:
         R(name="fp8-block", weight=f["fp8-block128"], act=f["act-fp8-1x128"]),
         R(name="int8-block", weight=f["int8-block32"], act=f["act-int8-1x32"]),
         R(name="mxfp8", weight=f["mxfp8"], act=f["act-mxfp8"]),
-        R(name="mxfp4", weight=f["mxfp4"]),
+        R(name="w8a16-fp8", weight=f["fp8"], layout="mma"),
+        R(name="mxfp4", weight=f["mxfp4"], layout="mma"),
         R(name="mxfp4-a8", weight=f["mxfp4"], act=f["act-mxfp8"]),
-        R(name="nvfp4", weight=f["nvfp4"]),
+        R(name="nvfp4", weight=f["nvfp4"], layout="mma"),
     ]
     return {r.name: r for r in rs}
 

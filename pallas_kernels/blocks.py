@@ -340,8 +340,8 @@ def quantize_blocks(
     bn = block_n or n
     kp, np_ = padded_size(k, bk, edt), padded_size(n, bn, jnp.int8)
     if layout == "mma":  # whole tiles: K to the chunk (and the block), N to 16 rows
-        if jnp.dtype(edt) not in MMA_ELEMENTS:
-            raise ValueError(mma_format_reason(edt, None, None))
+        if (why := mma_format_reason(edt, block_k, sdt)) is not None:
+            raise ValueError(why)
         kp, np_ = mma_padded(k, n, edt, block_k, bn)
     if block_k is None:
         bk = kp

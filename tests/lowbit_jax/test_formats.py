@@ -27,7 +27,7 @@ TABLE = {  # name: (element dtype, scale dtype, block)
 }
 RECIPES = ["w8a16", "w4a16", "w4a16-g32", "w4a16-g64", "w4a16-uint4", "w4a16-uint4-g32",
            "w4a16-uint4-g64", "w8a8-int8", "w8a8-fp8", "fp8-block", "int8-block", "mxfp8",
-           "mxfp4", "mxfp4-a8", "nvfp4"]
+           "w8a16-fp8", "mxfp4", "mxfp4-a8", "nvfp4"]
 
 
 @pytest.mark.parametrize("name", sorted(TABLE))

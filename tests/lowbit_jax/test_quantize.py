@@ -287,12 +287,12 @@ def test_weights_are_stored_k_major_by_default():
     q = lj.quantize(w, "int4-g32")
     assert q.layout == "nk" and q.values.shape == (8, 32)
     mma = {r.name for r in lj.RECIPES.values() if r.layout == "mma"}
-    assert mma == {"w8a16", "w4a16", "w4a16-uint4"}
+    assert mma == {"w8a16", "w4a16", "w4a16-uint4", "w8a16-fp8", "mxfp4", "nvfp4"}
     assert all(r.layout == "nk" for r in lj.RECIPES.values() if r.name not in mma)
     with pytest.raises(ValueError, match="layout 'mma'"):  # weight-only only
         lj.quantize(w, "int8", layout="mma", act="act-int8-token")
     with pytest.raises(ValueError, match="layout 'mma'"):
         lj.Recipe(name="x", weight=lj.get_format("int8"), act=lj.get_format("act-int8-token"), layout="mma")
-    with pytest.raises(ValueError, match="layout 'mma' stores int8, int4 and uint4"):
-        lj.quantize(w, "mxfp4", layout="mma")
+    with pytest.raises(ValueError, match="layout 'mma' needs int4 scale blocks of whole 128-long chunks"):
+        lj.quantize(w, "int4-g32", layout="mma")
     np.testing.assert_array_equal(np.asarray(lj.dequantize(q)), np.asarray(lj.dequantize(lj.quantize(w, "int4-g32", layout="kn"))))
