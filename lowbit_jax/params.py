@@ -158,7 +158,7 @@ def _layout_for(p: str, fmt: QuantFormat, layout: str) -> str:
     same numbers; only decode speed differs)."""
     if layout != "mma":
         return layout
-    if (why := blocks.mma_format_reason(fmt.element_dtype, fmt.block[0], fmt.scale_dtype)) is not None:
+    if (why := blocks.mma_format_reason(fmt.element_dtype, fmt.block[0], fmt.scale_dtype, fmt.block[1])) is not None:
         log.info("quantize_params: %r (%s) stored 'nk': %s", p, fmt.name, why)
         return "nk"
     return "mma"

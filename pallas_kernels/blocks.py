@@ -127,15 +127,18 @@ def mma_lane_k(element_dtype) -> int:
     return mma_chunk_k(element_dtype) // 4
 
 
-def mma_format_reason(element_dtype, block_k: int | None, scale_dtype) -> str | None:
-    """Why weights of this element dtype, scale block (None: per channel) and scale dtype are
-    not what "mma" is for (None when they are). The tensor-core GEMV reads int8, int4, uint4,
+def mma_format_reason(element_dtype, block_k: int | None, scale_dtype, block_n: int | None = 1) -> str | None:
+    """Why weights of this element dtype, scale block (block_k None: per channel) and scale
+    dtype are not what "mma" is for (None when they are). Scales are per output row
+    (block_n 1). The tensor-core GEMV reads int8, int4, uint4,
     e4m3 and e2m1 codes; scale blocks are whole chunks (scales multiply a chunk's sums) or,
     for the float codes, blocks of half a lane's K run or more with e8m0 or e4m3 scales
     (exact in bf16: folded into the upcast weights; mxfp4, nvfp4 and mxfp8)."""
     edt = jnp.dtype(element_dtype)
     if edt not in MMA_ELEMENTS:
         return f"layout 'mma' stores {', '.join(map(str, MMA_ELEMENTS))} codes, not {edt}"
+    if block_n != 1:
+        return f"layout 'mma' needs one scale per output row (block_n=1, got {block_n})"
     ck, kl = mma_chunk_k(edt), mma_lane_k(edt)
     if block_k is None or block_k % ck == 0:
         return None
@@ -340,7 +343,7 @@ def quantize_blocks(
     bn = block_n or n
     kp, np_ = padded_size(k, bk, edt), padded_size(n, bn, jnp.int8)
     if layout == "mma":  # whole tiles: K to the chunk (and the block), N to 16 rows
-        if (why := mma_format_reason(edt, block_k, sdt)) is not None:
+        if (why := mma_format_reason(edt, block_k, sdt, block_n)) is not None:
             raise ValueError(why)
         kp, np_ = mma_padded(k, n, edt, block_k, bn)
     if block_k is None:

@@ -88,7 +88,7 @@ def _storable(label: str, layout: str) -> bool:
     """Whether the format can be stored in `layout` ("mma": what the tensor-core GEMV reads,
     `blocks.mma_format_reason`)."""
     case = testing.CASES_BY_LABEL[label]
-    return layout != "mma" or blocks.mma_format_reason(case.element_dtype, case.block_k, case.scale_dtype) is None
+    return layout != "mma" or blocks.mma_format_reason(case.element_dtype, case.block_k, case.scale_dtype, case.block_n) is None
 
 
 def bench_weight_only(args) -> tuple[list[Row], list[dict]]:

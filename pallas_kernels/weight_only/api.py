@@ -145,14 +145,14 @@ def _mosaic_config(config) -> mosaic_kernel.MosaicConfig:
                                       tile_k=config.block_k)
 
 
-def _reads_mma(impl: str, x, config, element_dtype, block_k: int, scale_dtype, kp: int) -> bool:
+def _reads_mma(impl: str, x, config, element_dtype, block_k: int, block_n: int, scale_dtype, kp: int) -> bool:
     """Whether a product with an "mma"-stored weight runs `triton_mma`: an explicit config of
     that kernel, or decode (M <= MMA_MAX_M) on GPU of what the kernel serves."""
     if impl not in ("auto", "triton"):
         return False
     if config is not None:
         return getattr(config, "kernel", None) == "mma"
-    serves = (blocks.mma_format_reason(element_dtype, None if block_k >= kp else block_k, scale_dtype) is None
+    serves = (blocks.mma_format_reason(element_dtype, None if block_k >= kp else block_k, scale_dtype, block_n) is None
               and mma_x_reason(element_dtype, x.dtype) is None)
     return serves and x.shape[0] <= MMA_MAX_M and _on_gpu() and triton_kernel.available() is None
 
@@ -233,7 +233,7 @@ def weight_only_matmul(x, values, scales, zeros=None, global_scale=None, *, elem
                          f"{block_k=}, {block_n=}, {layout=}")
     if zeros is not None and (zeros.shape != scales.shape or zeros.dtype != scales.dtype):
         raise ValueError(f"zeros {zeros.shape} {zeros.dtype} must match scales {scales.shape} {scales.dtype}")
-    if layout == "mma" and not _reads_mma(impl, x, config, element_dtype, block_k, scales.dtype, kp):
+    if layout == "mma" and not _reads_mma(impl, x, config, element_dtype, block_k, block_n, scales.dtype, kp):
         # Only the tensor-core GEMV reads "mma"; every other path gets the "nk" bytes back
         # (one XLA pass over the weight, per call: prefill, CPU, explicit other kernels).
         values, layout = blocks.mma_to_nk(values, element_dtype), "nk"

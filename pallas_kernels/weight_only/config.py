@@ -185,11 +185,10 @@ def _mma_check(spec: WeightSpec, cfg: TileConfig) -> str | None:
     """Why the `mma` kernel (triton_mma.py) cannot cover `spec` with `cfg`."""
     ck = blocks.mma_chunk_k(spec.element_dtype)
     per_channel = spec.block_k >= spec.kp
-    if (why := blocks.mma_format_reason(spec.element_dtype, None if per_channel else spec.block_k, spec.scale_dtype)
+    if (why := blocks.mma_format_reason(spec.element_dtype, None if per_channel else spec.block_k,
+                                        spec.scale_dtype, spec.block_n)
             or blocks.mma_layout_reason(spec.element_dtype, spec.kp, spec.np_)):
         return why
-    if spec.block_n != 1:
-        return f"kernel='mma' needs per-row scales (block_n=1, got {spec.block_n})"
     if cfg.block_k != ck:
         return f"kernel='mma' has a fixed chunk block_k={ck} for {spec.element_dtype} (got {cfg.block_k})"
     if (spec.kp // ck) % (cfg.split_k * cfg.unroll):

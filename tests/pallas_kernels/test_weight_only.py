@@ -55,7 +55,7 @@ class TestWeightOnlyKernels:
     @pytest.mark.parametrize("layout", ["kn", "nk", "mma"])
     @pytest.mark.parametrize("case", CASES, ids=[c.label for c in CASES])
     def test_matches_reference(self, case, layout, interpret):
-        if layout == "mma" and (why := blocks.mma_format_reason(case.element_dtype, case.block_k, case.scale_dtype)):
+        if layout == "mma" and (why := blocks.mma_format_reason(case.element_dtype, case.block_k, case.scale_dtype, case.block_n)):
             pytest.skip(why)
         for impl in _impls(interpret):
             for m, k, n in SMALL_SHAPES:
@@ -162,7 +162,7 @@ class TestWeightOnlyGPU(TestWeightOnlyKernels):
         M <= 32, an "nk" copy for prefill; else "nk") with the chooser's configs (tuned table
         included)."""
         case = testing.CASES_BY_LABEL[label]
-        layout = "nk" if blocks.mma_format_reason(case.element_dtype, case.block_k, case.scale_dtype) else "mma"
+        layout = "nk" if blocks.mma_format_reason(case.element_dtype, case.block_k, case.scale_dtype, case.block_n) else "mma"
         for m in (1, 16, 1024):
             _check(case, m, kn[0], kn[1], layout, "triton", interpret)
 
