@@ -4,11 +4,13 @@
 
 Random weights of the preset's shape (bf16 activations; `quant.random_model` quantizes one
 leaf at a time). Per recipe, in one process:
-    decode   two calls that generate 16 and 48 tokens share one compiled program (same
-             buckets); their time difference over the 32 extra steps gives the decode rate,
-             B * 32 / (t48 - t16), prefill excluded. Batch 1 with a 2048-token prompt and
-             batch 16 with 64-token prompts.
-    prefill  the batch-1 call's time less its 16 decode steps: 2048 / (t16 - 16 * step).
+    decode   two calls that generate 33 and 64 tokens share one compiled program (one
+             new-token bucket); their time difference over the 31 extra steps gives the
+             decode rate, prefill excluded. Batch 1 with a 2048-token prompt and batch 16
+             with 64-token prompts.
+    prefill  the batch-1 call's time less its 33 decode steps: 2048 / (t33 - 33 * step).
+    matmuls  the Dense products of one batch-1 token, timed layer by layer (device time):
+             what the weight-only kernels account for in a decode step.
 Each time is the median of 3 calls after a compiling call. JSON rows (card, jax version)
 go to $OUT/bench_generate.json; a short table is printed last.
 """
@@ -25,7 +27,7 @@ import jax
 import numpy as np
 
 from models import config, quant
-from models.generate import SamplingParams, generate
+from models.generate import SamplingParams, bucket, generate
 
 
 def _time(model, prompts, n_new: int, repeats: int = 3) -> float:
@@ -39,13 +41,45 @@ def _time(model, prompts, n_new: int, repeats: int = 3) -> float:
     return statistics.median(ts)
 
 
+# Two new-token counts in one bucket of `generate` (33..64 -> 64), so both calls run one
+# compiled program and their difference is decode steps only. (16 and 48 fell in buckets 16
+# and 64: two programs whose prefills differ by up to ~10% of a 2048-token prefill, several
+# decode steps' worth -- the session-5/6 decode rates that swung 1.6x between runs.)
+_SHORT, _LONG = 33, 64
+
+
 def _decode_rate(model, prompts, b: int) -> tuple[float, float]:
-    """(decode tokens/s, seconds of everything but the decode steps) from two calls that
-    share one compiled program: 16 and 48 new tokens (both in the 64-token bucket)."""
-    t16 = _time(model, prompts, 16)
-    t48 = _time(model, prompts, 48)
-    step = max(t48 - t16, 1e-9) / 32
-    return b / step, t16 - 16 * step
+    """(decode tokens/s, seconds of everything but the decode steps) from two calls of one
+    compiled program that generate _SHORT and _LONG tokens."""
+    assert bucket(_SHORT) == bucket(_LONG)
+    t_short = _time(model, prompts, _SHORT)
+    t_long = _time(model, prompts, _LONG)
+    step = max(t_long - t_short, 1e-9) / (_LONG - _SHORT)
+    return b / step, t_short - _SHORT * step
+
+
+def matmul_ms_per_token(model, dtype) -> float:
+    """Device time of the model's Dense products for one token (M=1): each distinct
+    (weight shape, format) timed once with `bench_util.time_call`, times its count. Set
+    against the decode step it shows how much of a step the weight products are."""
+    import collections
+    import jax.numpy as jnp
+    from flax import nnx
+    import lowbit_jax as lj
+    from models.layers import QDense
+    from scripts import bench_util
+    groups = collections.OrderedDict()
+    for _, mod in nnx.iter_graph(model):
+        if isinstance(mod, QDense):
+            w = mod.kernel.get_value()
+            key = (mod.in_features, mod.out_features, getattr(getattr(w, "fmt", None), "name", "float"))
+            groups.setdefault(key, [mod, 0])[1] += 1
+    total = 0.0
+    for (k, _, _), (mod, count) in groups.items():
+        x = jnp.ones((1, k), dtype)
+        total += count * bench_util.time_call(lambda x, w: lj.qmatmul(x, w, impl=mod.impl),
+                                              [(x, mod.kernel.get_value())], iters=10)
+    return total / 1e3
 
 
 def bench_recipe(cfg, recipe: str, *, impl: str, prefill_len: int = 2048) -> dict:
@@ -59,6 +93,7 @@ def bench_recipe(cfg, recipe: str, *, impl: str, prefill_len: int = 2048) -> dic
     # Batch 1 with a long prompt: decode rate from the difference, prefill from the rest.
     rate, rest = _decode_rate(model, rng.integers(3, cfg.vocab_size, size=(1, prefill_len)).tolist(), 1)
     row["decode_b1_tok_s"] = rate
+    row["matmul_b1_ms_per_tok"] = matmul_ms_per_token(model, "bfloat16")
     row["prefill_tok_s"] = prefill_len / rest
     rate, _ = _decode_rate(model, rng.integers(3, cfg.vocab_size, size=(16, 64)).tolist(), 16)
     row["decode_b16_tok_s"] = rate
@@ -94,7 +129,8 @@ def main(argv=None):
         json.dump({"card": dev.device_kind, "jax": jax.__version__, "model": a.model, "rows": rows}, f, indent=1)
     base = next((r for r in rows if r["recipe"] == "float" and "error" not in r), None)
     print(f"{a.model} on {dev.device_kind}, jax {jax.__version__}")
-    print(f"{'recipe':>10s} {'GB':>6s} {'prefill tok/s':>14s} {'dec b1 tok/s':>13s} {'dec b16 tok/s':>14s}")
+    print(f"{'recipe':>10s} {'GB':>6s} {'prefill tok/s':>14s} {'dec b1 tok/s':>13s} {'dec b16 tok/s':>14s} "
+          f"{'b1 ms: step':>11s} {'matmuls':>7s}")
     for r in rows:
         if "error" in r:
             print(f"{r['recipe']:>10s} ERROR {r['error'][:100]}")
@@ -107,7 +143,8 @@ def main(argv=None):
             ratio = f" ({v / base[key]:.2f}x)" if base and base.get(key) else ""
             return f"{v:.0f}{ratio}"
         print(f"{r['recipe']:>10s} {r['weight_bytes'] / 1e9:6.2f} {cell('prefill_tok_s'):>14s} "
-              f"{cell('decode_b1_tok_s'):>13s} {cell('decode_b16_tok_s'):>14s}")
+              f"{cell('decode_b1_tok_s'):>13s} {cell('decode_b16_tok_s'):>14s} "
+              f"{1e3 / r['decode_b1_tok_s']:11.2f} {r['matmul_b1_ms_per_tok']:7.2f}")
 
 
 if __name__ == "__main__":
