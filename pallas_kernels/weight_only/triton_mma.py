@@ -107,7 +107,8 @@ def upcast_asm(element_dtype, xt: str) -> str:
 # e2m1 / e4m3 codes placed in bf16 bits are value * 2**-FLOAT_BIAS (bf16 subnormals included).
 FLOAT_BIAS = {jnp.dtype(jnp.float4_e2m1fn): 126, jnp.dtype(jnp.float8_e4m3fn): 120}
 SCALE_SHIFT = 32  # lane scales enter bf16 as scale * 2**(bias - 32): e8m0 scales up to 2**33
-#                   stay finite (2**34 and up give inf, never a silent wrong number)
+#                   (e2m1; 2**39 for e4m3) stay finite, larger ones give inf (never a wrong
+#                   finite number); blocks of weights below ~2**-90 flush towards zero
 
 
 def float_upcast_asm(element_dtype, nf: int) -> str:
@@ -228,7 +229,8 @@ if triton is not None:
         return a
 
     @triton.jit
-    def _lane_factors(ptrs, SCALE: tl.constexpr, NF: tl.constexpr, FC: tl.constexpr, FS: tl.constexpr):
+    def _lane_factors(ptrs, SCALE: tl.constexpr, NF: tl.constexpr, FX: tl.constexpr, FC: tl.constexpr,
+                      FS: tl.constexpr):
         """The lane's scales (`lane_load_asm`) -> bf16x2 bits of scale * 2**FX (FX = bias -
         SCALE_SHIFT, FS = 2.0**FX, FC = (FX << 7) * 0x10001; exact)."""
         if NF == 1:
@@ -236,9 +238,10 @@ if triton is not None:
         else:
             asm: tl.constexpr = _LD_LANE_2
         raw = tl.inline_asm_elementwise(asm, "=r,=r,=r,=r,l,l,l,l", [ptrs], dtype=tl.int32, is_pure=True, pack=4)
-        if SCALE == 1:  # e8m0 byte e = 2**(e - 127): the exponent field e + FX in both halves, one IMAD
-            b = raw.to(tl.uint32, bitcast=True) * 0x00800080 + FC
-            return b.to(tl.int32, bitcast=True)
+        if SCALE == 1:  # e8m0 byte e = 2**(e - 127): the exponent field e + FX in both halves, one IMAD;
+            # e clamped so that too large a scale gives inf (field 255), not a carry into the sign
+            e = tl.minimum(raw, 255 - FX).to(tl.uint32, bitcast=True)
+            return (e * 0x00800080 + FC).to(tl.int32, bitcast=True)
         f = _decode_scale(raw.to(tl.uint8), SCALE) * FS  # e4m3
         b = f.to(tl.bfloat16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
         return b | (b << 16)
@@ -252,15 +255,15 @@ if triton is not None:
 
     @triton.jit
     def _fetch(c, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE: tl.constexpr, SBK: tl.constexpr,
-               CK: tl.constexpr, HAS_Z: tl.constexpr, MODE: tl.constexpr, sf, NF: tl.constexpr, FC: tl.constexpr,
-               FS: tl.constexpr):
+               CK: tl.constexpr, HAS_Z: tl.constexpr, MODE: tl.constexpr, sf, NF: tl.constexpr, FX: tl.constexpr,
+               FC: tl.constexpr, FS: tl.constexpr):
         """Chunk c's weight words (rows g and g + 8: two 512-byte runs per warp) and, per
         scale block (MODE 1), its scales and zero points; MODE 2: the lane's factors (sf: the
         offsets of its scales, (R, 4): rows g, g + 8, then those of its second block)."""
         wg = tl.load(w_g + c * 256, eviction_policy="evict_first")  # 1 KB per tile and chunk
         wh = tl.load(w_h + c * 256, eviction_policy="evict_first")
         if MODE == 2:
-            s = _lane_factors(s_ptr + sf + ((c * CK) // SBK) * ssk, SCALE, NF, FC, FS)
+            s = _lane_factors(s_ptr + sf + ((c * CK) // SBK) * ssk, SCALE, NF, FX, FC, FS)
             z = s
         elif MODE == 1:
             off = ((c * CK) // SBK) * ssk + n_out * ssn
@@ -378,7 +381,7 @@ if triton is not None:
         ELEM: tl.constexpr, SCALE: tl.constexpr, SBK: tl.constexpr, HAS_Z: tl.constexpr,
         HAS_G: tl.constexpr, MODE: tl.constexpr, NB: tl.constexpr, NW: tl.constexpr,
         CK: tl.constexpr, U: tl.constexpr, TN: tl.constexpr, OFF: tl.constexpr, MB: tl.constexpr,
-        NF: tl.constexpr, FC: tl.constexpr, FS: tl.constexpr, FAC: tl.constexpr,
+        NF: tl.constexpr, FX: tl.constexpr, FC: tl.constexpr, FS: tl.constexpr, FAC: tl.constexpr,
     ):
         """Program (n, 0, s): NW warps, TN 16-row tiles of W each; x rows 16mb .. 16mb + 8 NB for mb < MB;
         chunks [s * CS, (s + 1) * CS) of the CT in K, U per loop step, loaded one step ahead
@@ -415,27 +418,27 @@ if triton is not None:
             x1 = xq + (tl.minimum(m0 + 8 + g, M - 1) * sxm + t * (CK // 8))[:, None] + j
             tot0 = tl.zeros((R, 4), tl.float32)
             tot1 = tl.zeros((R, 4), tl.float32)
-            p0 = _fetch(base, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FC, FS)
+            p0 = _fetch(base, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FX, FC, FS)
             p1 = p0
             p2 = p0
             p3 = p0
             if U >= 2:
-                p1 = _fetch(base + 1, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FC, FS)
+                p1 = _fetch(base + 1, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FX, FC, FS)
             if U == 4:
-                p2 = _fetch(base + 2, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FC, FS)
-                p3 = _fetch(base + 3, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FC, FS)
+                p2 = _fetch(base + 2, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FX, FC, FS)
+                p3 = _fetch(base + 3, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FX, FC, FS)
             for c0 in tl.range(0, CS, U):
                 q0 = p0
                 q1 = p1
                 q2 = p2
                 q3 = p3
                 nx = base + tl.minimum(c0 + U, CS - U)
-                p0 = _fetch(nx, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FC, FS)
+                p0 = _fetch(nx, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FX, FC, FS)
                 if U >= 2:
-                    p1 = _fetch(nx + 1, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FC, FS)
+                    p1 = _fetch(nx + 1, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FX, FC, FS)
                 if U == 4:
-                    p2 = _fetch(nx + 2, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FC, FS)
-                    p3 = _fetch(nx + 3, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FC, FS)
+                    p2 = _fetch(nx + 2, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FX, FC, FS)
+                    p3 = _fetch(nx + 3, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FX, FC, FS)
                 tot0, tot1 = _use(q0, base + c0, x0, x1, tot0, tot1, ELEM, BF16, CK, MODE, NB, TN, HAS_Z, OFF, NF, FAC)
                 if U >= 2:
                     tot0, tot1 = _use(q1, base + c0 + 1, x0, x1, tot0, tot1, ELEM, BF16, CK, MODE, NB, TN,
@@ -467,7 +470,7 @@ def _float_factors(bias: int) -> dict:
     MMAs); with FX = bias - SCALE_SHIFT (scales folded into the factors), FC = FX in both
     halves' exponent fields and FS = 2.0**FX."""
     fx = bias - SCALE_SHIFT
-    return dict(FAC=((bias + 127) << 7) * 0x10001 if bias else 0, FC=((fx << 7) * 0x10001) % (1 << 32),
+    return dict(FAC=((bias + 127) << 7) * 0x10001 if bias else 0, FX=fx, FC=((fx << 7) * 0x10001) % (1 << 32),
                 FS=2.0 ** fx)
 
 
