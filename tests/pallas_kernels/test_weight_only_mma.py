@@ -178,3 +178,35 @@ def test_mma_layout_round_trips(label, k, n):
     a = blocks.dequantize_blocks(nk[0], nk[1], nk[2], layout="nk", block_k=block_k(nk[0]), **kw)
     b = blocks.dequantize_blocks(mm[0], mm[1], mm[2], layout="mma", block_k=block_k(mm[0]), **kw)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("label,m,x_dtype,reads", [
+    ("int4-g128", 1, jnp.bfloat16, True), ("int4-g128", 32, jnp.float16, True),
+    ("int4-g128", 33, jnp.bfloat16, False),  # past MMA_MAX_M: the prefill-style tiles on an "nk" copy
+    ("mxfp4", 16, jnp.bfloat16, True), ("nvfp4", 1, jnp.bfloat16, True), ("mxfp8", 3, jnp.bfloat16, True),
+    ("mxfp4", 1, jnp.float16, False),  # float codes meet x in bf16 MMAs only
+])
+def test_mma_weights_route_to_the_gemv_only_where_it_serves(label, m, x_dtype, reads, monkeypatch):
+    """What `weight_only_matmul` sends to the tensor-core GEMV on a GPU (kernel launch
+    replaced by a recorder): "mma" weights it serves at M <= MMA_MAX_M; the rest get their
+    "nk" bytes back and another kernel; an explicit mma config with f16 x on float codes is
+    refused with the reason."""
+    from pallas_kernels.weight_only import api, triton_kernel
+    from pallas_kernels.weight_only.config import TileConfig
+    monkeypatch.setattr(api, "_on_gpu", lambda: True)
+    monkeypatch.setattr(triton_kernel, "available", lambda: None)
+    seen = []
+
+    def record(x, values, scales, zeros, g, **kw):
+        seen.append((kw["cfg"].kernel, kw["spec"].layout))
+        return jnp.zeros((x.shape[0], kw["spec"].n), kw["out_dtype"])
+    monkeypatch.setattr(api, "_batched_kernel_call", record)
+    case = testing.CASES_BY_LABEL[label]
+    w = testing.random_weight(jax.random.key(0), case, 512, 64, layout="mma")
+    x = jnp.ones((m, 512), x_dtype)
+    api.weight_only_matmul(x, **w)
+    assert seen == ([("mma", "mma")] if reads else [(seen[0][0], "nk")]) and (reads or seen[0][0] != "mma")
+    if not reads and x_dtype == jnp.float16:
+        cfg = TileConfig(kernel="mma", block_m=8, block_n=64, block_k=128, num_warps=4, num_stages=1)
+        with pytest.raises(NotImplementedError, match="bfloat16 x only"):
+            api.weight_only_matmul(x, **w, impl="triton", config=cfg)
