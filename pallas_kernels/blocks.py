@@ -12,7 +12,7 @@ Glossary
     layout    "kn": values are (K, N) (contraction axis first, as in `x @ w`).
               "nk": values are (N, K) (K-major; what fp8 tensor cores and cuBLASLt want).
               "mma": "nk"'s bytes rearranged for the tensor-core GEMV (`nk_to_mma`): same
-              shape, scales and zeros as "nk"; int8, int4 and uint4 only.
+              shape, scales and zeros as "nk"; the formats `mma_format_reason` admits.
 
 Storage contract for a logical (K, N) weight, K padded to Kp (a multiple of block_k and of
 2 for 4-bit), N padded to Np (a multiple of block_n):

@@ -6,7 +6,7 @@ how a tile's product is formed, which is what decides whether a memory-bound dec
 the weight at HBM bandwidth:
 
     kgemv    the measured best for M = 1 on the "nk" layout (every format but int8;
-             BENCHMARKS.md; int8/int4/uint4 stored "mma" go to `triton_mma`). Weights
+             BENCHMARKS.md; weights stored "mma" go to `triton_mma`). Weights
              stored "nk" (K-major), so a thread's loads are 16-byte runs along K; no tensor
              cores and no shared-memory operand. 4-bit codes become f32 with no conversion
              instruction (`_upcast_nibbles`, `_upcast_e2m1`), x arrives as f32 reordered per
