@@ -187,7 +187,7 @@ def _decode_kernel_configs(m):
     one-row GEMV (M <= 2) and the FMA GEMV (M <= 8) without tensor cores, swap-AB (every M;
     x_mode 3 for 4-bit codes) and `dot` tiles (even/odd x dots or interleaved nibbles). Tile
     K 16..256; `TileConfig.check` drops the tiles a format cannot take."""
-    from pallas_kernels.weight_only.config import TileConfig
+    from pallas_kernels.weight_only.config import TileConfig, mma_block_m
     out = []
     if m <= 8:  # kgemv: K tile 128 (across g16/g32 blocks; 32-long tiles were ~2x slower in
         # every session-3/4 sweep), up to 1024 K per step
@@ -203,7 +203,7 @@ def _decode_kernel_configs(m):
         for w, u, tn in [(4, 2, 1), (4, 2, 2), (4, 1, 2), (4, 1, 4), (2, 2, 2), (2, 2, 4), (8, 1, 2), (4, 4, 1),
                          (2, 4, 2), (8, 2, 1)]:
             for bk in (128, 64):
-                out.append(TileConfig(block_m=8 if m <= 8 else 16, block_n=16 * w * tn, block_k=bk, num_warps=w,
+                out.append(TileConfig(block_m=mma_block_m(m), block_n=16 * w * tn, block_k=bk, num_warps=w,
                                       num_stages=1, kernel="mma", unroll=u))
     if m <= 2:
         for bn, bk, w, st in [(256, 32, 4, 6), (256, 16, 4, 8), (512, 16, 8, 6)]:

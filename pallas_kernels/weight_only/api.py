@@ -28,7 +28,8 @@ import jax.numpy as jnp
 from pallas_kernels import blocks
 from pallas_kernels.weight_only import mosaic_kernel, triton_kernel
 from pallas_kernels.weight_only.config import (
-    ELEMENT_DTYPES, MMA_MAX_M, SCALE_DTYPES, TileConfig, WeightSpec, choose_config, mma_x_reason)
+    ELEMENT_DTYPES, MMA_MAX_M, SCALE_DTYPES, TileConfig, WeightSpec, choose_config, mma_weight_reason,
+    mma_x_reason)
 from pallas_kernels.weight_only.pallas_kernel import weight_only_matmul_pallas
 from pallas_kernels.weight_only.reference import weight_only_matmul_reference
 
@@ -152,7 +153,7 @@ def _reads_mma(impl: str, x, config, element_dtype, block_k: int, block_n: int, 
         return False
     if config is not None:
         return getattr(config, "kernel", None) == "mma"
-    serves = (blocks.mma_format_reason(element_dtype, None if block_k >= kp else block_k, scale_dtype, block_n) is None
+    serves = (mma_weight_reason(element_dtype, scale_dtype, block_k, block_n, kp) is None
               and mma_x_reason(element_dtype, x.dtype) is None)
     return serves and x.shape[0] <= MMA_MAX_M and _on_gpu() and triton_kernel.available() is None
 

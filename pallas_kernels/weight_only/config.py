@@ -181,12 +181,20 @@ class TileConfig:
         return None
 
 
+def mma_block_m(m: int) -> int:
+    """The `mma` kernel's block_m for M rows of x: one or two n8 blocks per 16-row pass."""
+    return 8 if m <= 8 else 16
+
+
+def mma_weight_reason(element_dtype, scale_dtype, block_k: int, block_n: int, kp: int) -> str | None:
+    """`blocks.mma_format_reason` of a stored weight (block_k >= kp: per channel)."""
+    return blocks.mma_format_reason(element_dtype, None if block_k >= kp else block_k, scale_dtype, block_n)
+
+
 def _mma_check(spec: WeightSpec, cfg: TileConfig) -> str | None:
     """Why the `mma` kernel (triton_mma.py) cannot cover `spec` with `cfg`."""
     ck = blocks.mma_chunk_k(spec.element_dtype)
-    per_channel = spec.block_k >= spec.kp
-    if (why := blocks.mma_format_reason(spec.element_dtype, None if per_channel else spec.block_k,
-                                        spec.scale_dtype, spec.block_n)
+    if (why := mma_weight_reason(spec.element_dtype, spec.scale_dtype, spec.block_k, spec.block_n, spec.kp)
             or blocks.mma_layout_reason(spec.element_dtype, spec.kp, spec.np_)):
         return why
     if cfg.block_k != ck:
@@ -282,7 +290,7 @@ def tuned_config(m: int, spec: WeightSpec, device_kind: str) -> TileConfig | Non
     if fields["kernel"] == "gemv":
         fields["block_m"] = 1
     elif fields["kernel"] == "mma":
-        fields["block_m"] = 8 if m <= 8 else 16
+        fields["block_m"] = mma_block_m(m)
     elif fields["kernel"] in ("fma", "kgemv"):
         if m > 8:
             return None
@@ -309,7 +317,7 @@ def choose_config(m: int, spec: WeightSpec, *, backend: str = "triton",
         if (cfg := tuned_config(m, spec, device_kind)) is not None:
             return cfg
     if spec.layout == "mma":  # the tensor-core GEMV is the one kernel that reads "mma"
-        cfg = TileConfig(block_m=8 if m <= 8 else 16, block_n=128, block_k=blocks.mma_chunk_k(spec.element_dtype),
+        cfg = TileConfig(block_m=mma_block_m(m), block_n=128, block_k=blocks.mma_chunk_k(spec.element_dtype),
                          num_warps=4, num_stages=1, unroll=1, kernel="mma")
         return dataclasses.replace(cfg, split_k=split_for(spec, cfg, m))
     bk_scale = spec.block_k
