@@ -60,13 +60,13 @@ def triton_launch(xv, xs, wv, ws, *, x_block_k, w_block_k, w_block_n, layout, fo
 )
 def scaled_matmul_triton(xv, xs, wv, ws, *, x_block_k, w_block_k, w_block_n, layout,
                          four_bit, n, out_dtype, config: GemmConfig):
-    import jax_triton as jt
+    from pallas_kernels.triton_ffi import triton_call
 
     kernel, arrays, out_shape, grid, params = triton_launch(
         xv, xs, wv, ws, x_block_k=x_block_k, w_block_k=w_block_k, w_block_n=w_block_n,
         layout=layout, four_bit=four_bit, n=n, out_dtype=out_dtype, config=config)
-    return jt.triton_call(*arrays, kernel=kernel, out_shape=out_shape, grid=grid, name="scaled_gemm",
-                          num_warps=config.num_warps, num_stages=config.num_stages, **params)
+    return triton_call(*arrays, kernel=kernel, out_shape=out_shape, grid=grid, name="scaled_gemm",
+                       num_warps=config.num_warps, num_stages=config.num_stages, **params)
 
 
 def pl_cdiv(a: int, b: int) -> int:

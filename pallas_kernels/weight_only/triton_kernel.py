@@ -462,13 +462,13 @@ def triton_launch(x, values, scales, zeros, global_scale, spec: WeightSpec, cfg:
 def weight_only_matmul_triton(x, values, scales, zeros, global_scale, *, spec: WeightSpec,
                               cfg: TileConfig, out_dtype):
     """x (M, k) bf16/f16 -> (M, n) out_dtype on an NVIDIA GPU. Caller validates."""
-    import jax_triton as jt
+    from pallas_kernels.triton_ffi import triton_call
 
     kernel, arrays, out_shape, grid, params = triton_launch(
         x, values, scales, zeros, global_scale, spec, cfg, out_dtype)
-    out = jt.triton_call(*arrays, kernel=kernel, out_shape=out_shape, grid=grid,
-                         name=f"weight_only_{cfg.kernel}", num_warps=cfg.num_warps,
-                         num_stages=cfg.num_stages, **params)
+    out = triton_call(*arrays, kernel=kernel, out_shape=out_shape, grid=grid,
+                      name=f"weight_only_{cfg.kernel}", num_warps=cfg.num_warps,
+                      num_stages=cfg.num_stages, **params)
     if cfg.split_k > 1:
         out = out.sum(axis=0).astype(out_dtype)
     return out
