@@ -23,7 +23,7 @@ the stop token.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -154,11 +154,12 @@ class GenerateResult:
     steps: int                # decode steps run (tokens produced by the longest sequence)
 
 
-def generate(model: Llama, prompts: Sequence[Sequence[int]], params: SamplingParams = SamplingParams(),
-             *, stop_ids: Sequence[int] | None = None, jit: bool = True) -> GenerateResult:
-    """Generate continuations of a batch of token-id prompts (different lengths allowed).
+def generate_program(model: Llama, prompts: Sequence[Sequence[int]],
+                     params: SamplingParams = SamplingParams(), *,
+                     stop_ids: Sequence[int] | None = None) -> tuple[Callable, tuple, dict]:
+    """(jitted program, args, kwargs) that `generate` runs: `program(*args, **kwargs)` returns
+    (tokens (B, N) int32, steps). For tools that time or profile the program itself.
 
-    `jit=False` runs the same program op by op (under `jax.disable_jit`), for testing.
     Raises GenerateError for an empty batch/prompt or prompt + max_new_tokens > max_len.
     """
     cfg = model.config
@@ -175,7 +176,6 @@ def generate(model: Llama, prompts: Sequence[Sequence[int]], params: SamplingPar
                                 f"exceeds the context length max_len={cfg.max_len} of {cfg.name!r}")
     stop = tuple(cfg.eos_ids if stop_ids is None else stop_ids) or (-1,)
     p = bucket(max(lens))
-    n_new = bucket(params.max_new_tokens)
     toks = np.full((len(prompts), p), cfg.pad_id, np.int32)
     valid = np.zeros((len(prompts), p), bool)
     for i, pr in enumerate(prompts):
@@ -186,12 +186,23 @@ def generate(model: Llama, prompts: Sequence[Sequence[int]], params: SamplingPar
             jnp.asarray(params.max_new_tokens, jnp.int32), jnp.asarray(params.temperature, jnp.float32),
             jnp.asarray(params.top_k, jnp.int32), jnp.asarray(params.top_p, jnp.float32),
             jax.random.key(params.seed), jnp.asarray(stop, jnp.int32))
+    return _generate_jit, args, {"n_new": bucket(params.max_new_tokens)}
+
+
+def generate(model: Llama, prompts: Sequence[Sequence[int]], params: SamplingParams = SamplingParams(),
+             *, stop_ids: Sequence[int] | None = None, jit: bool = True) -> GenerateResult:
+    """Generate continuations of a batch of token-id prompts (different lengths allowed).
+
+    `jit=False` runs the same program op by op (under `jax.disable_jit`), for testing.
+    Raises GenerateError for an empty batch/prompt or prompt + max_new_tokens > max_len.
+    """
+    program, args, kwargs = generate_program(model, prompts, params, stop_ids=stop_ids)
     if jit:
-        out, steps = _generate_jit(*args, n_new=n_new)
+        out, steps = program(*args, **kwargs)
     else:
         with jax.disable_jit():
-            out, steps = _generate_impl(*args, n_new=n_new)
-    out = np.asarray(out)
+            out, steps = _generate_impl(*args, **kwargs)
+    out, stop = np.asarray(out), np.asarray(args[-1])
     result, stopped = [], []
     for row in out[:, : int(steps)]:
         hit = np.nonzero(np.isin(row, stop))[0]

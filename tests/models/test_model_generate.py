@@ -53,6 +53,18 @@ def test_jit_equals_op_by_op(tiny_llama):
     assert jitted.tokens == eager.tokens
 
 
+def test_generate_program_is_what_generate_runs(tiny_llama):
+    """The (program, args, kwargs) exposed for profiling produce generate's tokens."""
+    params = G.SamplingParams(max_new_tokens=5)
+    program, args, kwargs = G.generate_program(tiny_llama, PROMPTS, params, stop_ids=[])
+    assert kwargs == {"n_new": 8}
+    out, steps = program(*args, **kwargs)
+    res = G.generate(tiny_llama, PROMPTS, params, stop_ids=[])
+    assert int(steps) == 5 and np.asarray(out)[:, :5].tolist() == res.tokens
+    with pytest.raises(G.GenerateError, match="empty"):
+        G.generate_program(tiny_llama, [[]], params)
+
+
 def test_no_recompile_within_bucket(tiny_llama):
     params = G.SamplingParams(max_new_tokens=5)
     G.generate(tiny_llama, [[3, 4, 5]], params)
