@@ -25,7 +25,8 @@ class GemmConfig:
     num_warps: int = 8
     num_stages: int = 4
     mode: str = "auto"
-    groups_per_step: int = 1     # promote mode: 2 = issue two groups' dots per step
+    groups_per_step: int = 1     # promote mode: 2 = two groups' dots per loop step (triton 3.6
+                                 # waits on each before its promotion: no overlap gained)
 
     def __post_init__(self):
         if self.groups_per_step not in (1, 2):
