@@ -20,7 +20,10 @@ impl
               cannot run (never a silent fallback).
     "triton"  the Triton kernel (through jax-triton), GPU only; raises likewise.
     "mosaic"  the Mosaic GPU (wgmma) weight-only kernel (int8/int4/uint4); explicit only.
-    "auto"    the fastest kernel that can run; otherwise "xla", logging the reason once.
+    "auto"    the fastest path that can run, logging its reason once when that is not a
+              kernel: on GPU, weight-only products with M >= 1024 (prefill) go to XLA's
+              convert-and-dot (weight dequantized to x's dtype, XLA GEMM), which outran the
+              prefill kernels; otherwise the kernel, else "xla".
 `interpret=True` runs Pallas kernels in interpret mode (CPU).
 """
 

@@ -6,7 +6,7 @@ present, the activation-quantized section (`scripts.bench_activation:run_section
 
 A run measures, in the same process: the card's copy bandwidth; XLA's bf16 dot; per stored
 format, our kernel (impl="triton", "pallas" with --pallas), XLA's own convert-and-dot of
-the same stored weight (dequantize to bf16, `x @ w`: `_xla_convert_dot`), JAX's Mosaic GPU mixed int8 x bf16 kernel
+the same stored weight (dequantize to bf16, `x @ w`: `weight_only_matmul_convert`), JAX's Mosaic GPU mixed int8 x bf16 kernel
 (int8, prefill M only; no scales: a lower bound for it) and torch's bf16 matmul and int4
 tinygemm when torch imports. Rows: median us, TB/s of stored weight bytes, TFLOP/s and the
 ratio to XLA bf16. Full rows go to OUT/bench_weight_only.json; a short table is printed last.
@@ -30,6 +30,7 @@ import numpy as np
 
 from pallas_kernels import blocks
 from pallas_kernels.weight_only import weight_only_matmul, testing
+from pallas_kernels.weight_only.reference import weight_only_matmul_convert
 from scripts import bench_util
 
 SHAPES = ((4096, 14336), (14336, 4096), (8192, 28672), (576, 1536))
@@ -77,18 +78,6 @@ def _arrays(w):
     return (w["values"], w["scales"], w["zeros"], w["global_scale"])
 
 
-def _xla_convert_dot(x, values, scales, zeros, global_scale, st):
-    """XLA's own path for a stored weight, as a JAX user writes it: dequantize to x's dtype,
-    then `x @ w` with f32 accumulation (XLA fuses the convert into its GEMM or writes the
-    converted weight first). Not the test oracle (`impl="xla"` contracts in f32 at HIGHEST
-    precision, several times slower at prefill sizes: sessions <= 6 timed that as this
-    baseline)."""
-    w = blocks.dequantize_blocks(values, scales, zeros, global_scale, element_dtype=st["element_dtype"],
-                                 block_k=st["block_k"], block_n=st["block_n"], layout=st["layout"],
-                                 k=st["k"], n=st["n"]).astype(x.dtype)
-    return jnp.dot(x, w, preferred_element_type=jnp.float32).astype(x.dtype)
-
-
 def _save_partial(args, name: str, rows: list[Row], checks: list[dict] | None = None):
     """Rows so far to <out>/<name>.partial.json: what a run cut by its time limit leaves."""
     os.makedirs(args.out, exist_ok=True)
@@ -131,7 +120,7 @@ def bench_weight_only(args) -> tuple[list[Row], list[dict]]:
             impls = ["triton"] + (["pallas"] if args.pallas else [])
             fns = {impl: jax.jit(lambda x, v, s, z, g, impl=impl: weight_only_matmul(
                 x, v, s, z, g, **st, impl=impl)) for impl in impls}
-            fns["xla-convert"] = jax.jit(lambda x, v, s, z, g: _xla_convert_dot(x, v, s, z, g, st))
+            fns["xla-convert"] = jax.jit(lambda x, v, s, z, g: weight_only_matmul_convert(x, v, s, z, g, **st))
             for m in args.ms:
                 x = jax.random.normal(jax.random.key(m), (m, k), jnp.bfloat16)
                 ref = None

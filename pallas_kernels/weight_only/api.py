@@ -10,8 +10,11 @@ block scales [+ zeros] [+ global scale]) and only x is a float array. Implementa
     "mosaic"  `mosaic_kernel.py`: Mosaic GPU (wgmma) prefill GEMM for int8/int4/uint4; runs in
               GPU interpret mode on CPU and its native lowering for CUDA is checked there too;
               explicit only ("auto" never picks it: it has not yet run on a GPU).
-    "auto"    on GPU: triton, else pallas, else xla; off GPU: xla. Each fallback logs its
-              reason once (logging, module logger).
+    "auto"    on GPU: M >= XLA_PREFILL_MIN_M (prefill) -> XLA's convert-and-dot
+              (`reference.weight_only_matmul_convert`; the measurements behind it are at
+              `config.XLA_PREFILL_MIN_M`);
+              else triton, else pallas, else xla; off GPU: xla. Each fallback logs its reason
+              once (logging, module logger).
 
 `unsupported_reason(...)` says why an implementation cannot run (None when it can); an
 explicit impl raises ValueError/NotImplementedError with that reason.
@@ -28,10 +31,10 @@ import jax.numpy as jnp
 from pallas_kernels import blocks
 from pallas_kernels.weight_only import mosaic_kernel, triton_kernel
 from pallas_kernels.weight_only.config import (
-    ELEMENT_DTYPES, MMA_MAX_M, SCALE_DTYPES, TileConfig, WeightSpec, choose_config, mma_weight_reason,
-    mma_x_reason)
+    ELEMENT_DTYPES, MMA_MAX_M, SCALE_DTYPES, XLA_PREFILL_MIN_M, TileConfig, WeightSpec, choose_config,
+    mma_weight_reason, mma_x_reason)
 from pallas_kernels.weight_only.pallas_kernel import weight_only_matmul_pallas
-from pallas_kernels.weight_only.reference import weight_only_matmul_reference
+from pallas_kernels.weight_only.reference import weight_only_matmul_convert, weight_only_matmul_reference
 
 logger = logging.getLogger(__name__)
 IMPLS = ("auto", "xla", "pallas", "triton", "mosaic")
@@ -234,6 +237,16 @@ def weight_only_matmul(x, values, scales, zeros=None, global_scale=None, *, elem
                          f"{block_k=}, {block_n=}, {layout=}")
     if zeros is not None and (zeros.shape != scales.shape or zeros.dtype != scales.dtype):
         raise ValueError(f"zeros {zeros.shape} {zeros.dtype} must match scales {scales.shape} {scales.dtype}")
+    facts = dict(element_dtype=element_dtype, block_k=block_k, block_n=block_n, layout=layout,
+                 k=k, n=n, out_dtype=out_dtype)
+    if (impl == "auto" and config is None and x.shape[0] >= XLA_PREFILL_MIN_M and _on_gpu()
+            and jnp.dtype(x.dtype) in X_DTYPES):
+        _log_once(f"weight_only_matmul: M >= {XLA_PREFILL_MIN_M} uses XLA's convert-and-dot "
+                  f"(weight dequantized to {jnp.dtype(x.dtype)}, XLA GEMM): the prefill kernels "
+                  f"ran at 0.42-0.55x XLA's bf16 dot, XLA's dequantize-then-dot at 0.84-0.89x "
+                  f"(H200, BENCHMARKS.md)")
+        return weight_only_matmul_convert(x, values, scales, zeros, global_scale,
+                                          **facts).reshape(*lead, n)
     if layout == "mma" and not _reads_mma(impl, x, config, element_dtype, block_k, block_n, scales.dtype, kp):
         # Only the tensor-core GEMV reads "mma"; every other path gets the "nk" bytes back
         # (one XLA pass over the weight, per call: prefill, CPU, explicit other kernels).
@@ -257,9 +270,8 @@ def weight_only_matmul(x, values, scales, zeros=None, global_scale=None, *, elem
             args_ok = unsupported_reason(x.shape, x.dtype, impl="xla", **kw) is None
             raise (NotImplementedError if args_ok and impl in IMPLS else ValueError)(why)
     if chosen == "xla":
-        out = weight_only_matmul_reference(
-            x, values, scales, zeros, global_scale, element_dtype=element_dtype,
-            block_k=block_k, block_n=block_n, layout=layout, k=k, n=n, out_dtype=out_dtype)
+        out = weight_only_matmul_reference(x, values, scales, zeros, global_scale,
+                                           **dict(facts, layout=layout))
         return out.reshape(*lead, n)
     spec = WeightSpec(element_dtype=jnp.dtype(element_dtype), scale_dtype=jnp.dtype(scales.dtype),
                       block_k=block_k, block_n=block_n, layout=layout, k=k, n=n, kp=kp, np_=np_,

@@ -231,3 +231,33 @@ class TestWeightOnlyGPU(TestWeightOnlyKernels):
         f = jax.jit(lambda x, v, s: weight_only_matmul(x, v, s, **static, impl=impl))
         mem = f.lower(x, w["values"], w["scales"]).compile().memory_analysis()
         assert mem.temp_size_in_bytes < k * n * 2, mem
+
+
+@pytest.mark.parametrize("label,layout", [("int4-g128", "mma"), ("mxfp4", "mma"), ("nvfp4", "nk"),
+                                          ("uint4-g128", "nk"), ("int8", "kn")])
+def test_auto_sends_prefill_to_xla_convert_and_dot(label, layout, monkeypatch):
+    """On a GPU (simulated: kernel launch replaced by a recorder), impl="auto" computes
+    M >= XLA_PREFILL_MIN_M as XLA's convert-and-dot -- the weight dequantized to x's dtype,
+    within bf16 rounding of the f32 oracle -- and smaller M, or an explicit kernel, with a
+    kernel."""
+    from pallas_kernels.weight_only import api, triton_kernel
+    from pallas_kernels.weight_only.config import XLA_PREFILL_MIN_M
+    monkeypatch.setattr(api, "_on_gpu", lambda: True)
+    monkeypatch.setattr(triton_kernel, "available", lambda: None)
+    seen = []
+
+    def record(x, values, scales, zeros, g, **kw):
+        seen.append(x.shape[0])
+        return jnp.zeros((x.shape[0], kw["spec"].n), kw["out_dtype"])
+    monkeypatch.setattr(api, "_batched_kernel_call", record)
+    case = testing.CASES_BY_LABEL[label]
+    w = testing.random_weight(jax.random.key(5), case, 256, 96, layout=layout)
+    x = jax.random.normal(jax.random.key(6), (2, XLA_PREFILL_MIN_M // 2, 256), jnp.bfloat16)
+    out = weight_only_matmul(x, **w, out_dtype=jnp.float32)
+    assert seen == [] and out.shape == (2, XLA_PREFILL_MIN_M // 2, 96)
+    ref = weight_only_matmul(x, **w, impl="xla", out_dtype=jnp.float32)
+    err = float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref))
+    assert 0 < err < 5e-3       # the weight rounded to bf16 once: not the oracle, close to it
+    weight_only_matmul(x[:, :16], **w)
+    weight_only_matmul(x, **w, impl="triton")
+    assert seen == [32, XLA_PREFILL_MIN_M]
