@@ -5,8 +5,8 @@ jax-triton 0.3.1 lowers `triton_call` to the legacy custom call "triton_kernel_c
 pass captures only typed-FFI custom calls with the command-buffer trait, so in a jitted decode
 loop every Triton launch was its own host launch and cut the CUDA graph of the XLA kernels
 around it. Measured on an H200 (Llama-3-8B shape, batch 1, 225 Triton GEMVs per token,
-`scripts/bench_generate.py`): the host, not the GPU, set the decode step -- w4a16's kernels
-took 2.35 ms of device time per token and the step 3.9 ms.
+`scripts/profile_generate.py`): the host, not the GPU, set the decode step -- w4a16's kernels
+took 2.35 ms of device time per token and the step 3.9 ms (BENCHMARKS.md, session 7).
 
 jaxlib (>= 0.10.1) registers the same launcher as the typed-FFI target
 "triton_kernel_call_ffi" (attribute `opaque`: the same compressed proto; command-buffer
