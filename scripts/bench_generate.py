@@ -9,6 +9,8 @@ leaf at a time). Per recipe, in one process:
              decode rate, prefill excluded. Batch 1 with a 2048-token prompt and batch 16
              with 64-token prompts.
     prefill  the batch-1 call's time less its 33 decode steps: 2048 / (t33 - 33 * step).
+    device   the kernel (device) time of one batch-1 decode step (CUPTI sums of the two
+             programs, differenced): the step less this is the GPU waiting for the host.
     matmuls  the Dense products of one batch-1 token, timed layer by layer (device time):
              what the weight-only kernels account for in a decode step.
 Each time is the fastest of 5 calls after a compiling call (host launch jitter only
@@ -27,7 +29,8 @@ import jax
 import numpy as np
 
 from models import config, quant
-from models.generate import SamplingParams, bucket, generate
+from models.generate import SamplingParams, bucket, generate, generate_program
+from scripts import bench_util
 
 
 def _time(model, prompts, n_new: int, repeats: int = 5) -> float:
@@ -58,6 +61,21 @@ def _decode_rate(model, prompts, b: int) -> tuple[float, float]:
     return b / step, t_short - _SHORT * step
 
 
+def device_step_ms(model, prompts) -> float | None:
+    """Kernel (device) ms of one decode step: CUPTI's kernel sums of the _SHORT and _LONG
+    programs, differenced; None without CUPTI. Beside the host-clock step it shows how long
+    the GPU waited for the host."""
+    totals = []
+    for n_new in (_SHORT, _LONG):
+        program, args, kwargs = generate_program(model, prompts, SamplingParams(max_new_tokens=n_new),
+                                                 stop_ids=())
+        kernels = bench_util.kernel_times(program, *args, **kwargs)
+        if not kernels:
+            return None
+        totals.append(sum(ms for _, ms in kernels.values()))
+    return (totals[1] - totals[0]) / (_LONG - _SHORT)
+
+
 def matmul_ms_per_token(model, dtype) -> float:
     """Device time of the model's Dense products for one token (M=1): each distinct
     (weight shape, format) timed once with `bench_util.time_call` (random x, weight copies
@@ -68,7 +86,6 @@ def matmul_ms_per_token(model, dtype) -> float:
     from flax import nnx
     import lowbit_jax as lj
     from models.layers import QDense
-    from scripts import bench_util
     groups = collections.OrderedDict()
     for _, mod in nnx.iter_graph(model):
         if isinstance(mod, QDense):
@@ -98,8 +115,10 @@ def bench_recipe(cfg, recipe: str, *, impl: str, prefill_len: int = 2048) -> dic
     row = {"recipe": recipe, "weight_bytes": stats.total_bytes,
            "bits_per_weight": round(stats.bits_per_weight, 3), "impl": impl}
     # Batch 1 with a long prompt: decode rate from the difference, prefill from the rest.
-    rate, rest = _decode_rate(model, rng.integers(3, cfg.vocab_size, size=(1, prefill_len)).tolist(), 1)
+    prompt = rng.integers(3, cfg.vocab_size, size=(1, prefill_len)).tolist()
+    rate, rest = _decode_rate(model, prompt, 1)
     row["decode_b1_tok_s"] = rate
+    row["device_b1_ms_per_step"] = device_step_ms(model, prompt)
     row["matmul_b1_ms_per_tok"] = matmul_ms_per_token(model, "bfloat16")
     row["prefill_tok_s"] = prefill_len / rest
     rate, _ = _decode_rate(model, rng.integers(3, cfg.vocab_size, size=(16, 64)).tolist(), 16)
@@ -147,7 +166,7 @@ def main(argv=None):
     base = next((r for r in rows if r["recipe"] == "float" and "error" not in r), None)
     print(f"{a.model} on {dev.device_kind}, jax {jax.__version__}")
     print(f"{'recipe':>10s} {'GB':>6s} {'prefill tok/s':>14s} {'dec b1 tok/s':>13s} {'dec b16 tok/s':>14s} "
-          f"{'b1 ms: step':>11s} {'matmuls':>7s}")
+          f"{'b1 ms: step':>11s} {'device':>6s} {'matmuls':>7s}")
     for r in rows:
         if "error" in r:
             print(f"{r['recipe']:>10s} ERROR {r['error'][:100]}")
@@ -161,7 +180,8 @@ def main(argv=None):
             return f"{v:.0f}{ratio}"
         print(f"{r['recipe']:>10s} {r['weight_bytes'] / 1e9:6.2f} {cell('prefill_tok_s'):>14s} "
               f"{cell('decode_b1_tok_s'):>13s} {cell('decode_b16_tok_s'):>14s} "
-              f"{1e3 / r['decode_b1_tok_s']:11.2f} {r['matmul_b1_ms_per_tok']:7.2f}")
+              f"{1e3 / r['decode_b1_tok_s']:11.2f} {r['device_b1_ms_per_step'] or float('nan'):6.2f} "
+              f"{r['matmul_b1_ms_per_tok']:7.2f}")
 
 
 if __name__ == "__main__":

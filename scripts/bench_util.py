@@ -65,6 +65,24 @@ def time_call(fn: Callable, arg_sets: Sequence[tuple], *, warmup: int = 2, iters
     return statistics.median(samples)
 
 
+def kernel_times(fn: Callable, *args, **kwargs) -> dict[str, list]:
+    """{kernel name: [launches, device ms]} of one call of the jitted `fn` (CUPTI, after a
+    warm-up call); {} where CUPTI is not available (CPU)."""
+    try:
+        from jax.experimental.mosaic.gpu import profiler
+        if jax.default_backend() != "gpu":
+            return {}
+        _, timings = profiler.measure(fn, aggregate=False)(*args, **kwargs)
+    except RuntimeError:  # no CUPTI on this platform
+        return {}
+    kernels: dict[str, list] = {}
+    for name, ms in timings or []:
+        k = kernels.setdefault(name, [0, 0.0])
+        k[0] += 1
+        k[1] += ms
+    return kernels
+
+
 def copy_bandwidth(nbytes: int = 2**30) -> float:
     """Device-to-device copy bandwidth in bytes/s (bytes read + bytes written)."""
     x = jnp.ones((nbytes // 4,), jnp.float32)

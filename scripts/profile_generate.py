@@ -17,7 +17,6 @@ compare the two; it must be chosen before the first Triton launch of the process
 from __future__ import annotations
 
 import argparse
-import collections
 import dataclasses
 import time
 
@@ -26,25 +25,21 @@ import numpy as np
 
 from models import config, quant
 from models.generate import SamplingParams, generate_program
+from scripts import bench_util
 
 _SHORT, _LONG = 33, 64
 
 
 def _profile(model, prompts, n_new: int) -> tuple[float, dict[str, list]]:
     """(fastest wall seconds of 3 runs, {kernel name: [launches, device ms]}) of one program."""
-    from jax.experimental.mosaic.gpu import profiler
     program, args, kwargs = generate_program(model, prompts, SamplingParams(max_new_tokens=n_new),
                                              stop_ids=())
-    _, timings = profiler.measure(program, aggregate=False)(*args, **kwargs)
+    kernels = bench_util.kernel_times(program, *args, **kwargs)
     walls = []
     for _ in range(3):
         t0 = time.perf_counter()
         jax.block_until_ready(program(*args, **kwargs))
         walls.append(time.perf_counter() - t0)
-    kernels = collections.defaultdict(lambda: [0, 0.0])
-    for name, ms in timings or []:
-        kernels[name][0] += 1
-        kernels[name][1] += ms
     return min(walls), kernels
 
 
@@ -69,6 +64,8 @@ def main(argv=None):
     for recipe in a.recipes.split(","):
         model = quant.random_model(cfg, recipe, dtype="bfloat16")
         (w0, k0), (w1, k1) = _profile(model, prompts, _SHORT), _profile(model, prompts, _LONG)
+        if not k1:
+            raise SystemExit("no kernel times: CUPTI (an NVIDIA GPU) is needed")
         dev = (sum(v[1] for v in k1.values()) - sum(v[1] for v in k0.values())) / steps
         print(f"== {recipe}: wall {(w1 - w0) / steps * 1e3:.3f} ms/step, device {dev:.3f} ms/step "
               f"(33 tokens: wall {w0 * 1e3:.1f} ms, device {sum(v[1] for v in k0.values()):.1f} ms)")
