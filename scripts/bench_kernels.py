@@ -6,7 +6,7 @@ present, the activation-quantized section (`scripts.bench_activation:run_section
 
 A run measures, in the same process: the card's copy bandwidth; XLA's bf16 dot; per stored
 format, our kernel (impl="triton", "pallas" with --pallas), XLA's own convert-and-dot of
-the same stored weight (dequantize to bf16, `x @ w`: `weight_only_matmul_convert`), JAX's Mosaic GPU mixed int8 x bf16 kernel
+the same stored weight (dequantize to bf16, `x @ w`: the reference with `convert=True`), JAX's Mosaic GPU mixed int8 x bf16 kernel
 (int8, prefill M only; no scales: a lower bound for it) and torch's bf16 matmul and int4
 tinygemm when torch imports. Rows: median us, TB/s of stored weight bytes, TFLOP/s and the
 ratio to XLA bf16. Full rows go to OUT/bench_weight_only.json; a short table is printed last.
@@ -29,8 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pallas_kernels import blocks
-from pallas_kernels.weight_only import weight_only_matmul, testing
-from pallas_kernels.weight_only.reference import weight_only_matmul_convert
+from pallas_kernels.weight_only import weight_only_matmul, weight_only_matmul_reference, testing
 from scripts import bench_util
 
 SHAPES = ((4096, 14336), (14336, 4096), (8192, 28672), (576, 1536))
@@ -120,7 +119,8 @@ def bench_weight_only(args) -> tuple[list[Row], list[dict]]:
             impls = ["triton"] + (["pallas"] if args.pallas else [])
             fns = {impl: jax.jit(lambda x, v, s, z, g, impl=impl: weight_only_matmul(
                 x, v, s, z, g, **st, impl=impl)) for impl in impls}
-            fns["xla-convert"] = jax.jit(lambda x, v, s, z, g: weight_only_matmul_convert(x, v, s, z, g, **st))
+            fns["xla-convert"] = jax.jit(lambda x, v, s, z, g: weight_only_matmul_reference(
+                x, v, s, z, g, **st, convert=True))
             for m in args.ms:
                 x = jax.random.normal(jax.random.key(m), (m, k), jnp.bfloat16)
                 ref = None

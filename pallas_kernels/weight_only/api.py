@@ -11,7 +11,7 @@ block scales [+ zeros] [+ global scale]) and only x is a float array. Implementa
               GPU interpret mode on CPU and its native lowering for CUDA is checked there too;
               explicit only ("auto" never picks it: it has not yet run on a GPU).
     "auto"    on GPU: M >= XLA_PREFILL_MIN_M (prefill) -> XLA's convert-and-dot
-              (`reference.weight_only_matmul_convert`; the measurements behind it are at
+              (`weight_only_matmul_reference(..., convert=True)`; the measurements behind it are at
               `config.XLA_PREFILL_MIN_M`);
               else triton, else pallas, else xla; off GPU: xla. Each fallback logs its reason
               once (logging, module logger).
@@ -34,7 +34,7 @@ from pallas_kernels.weight_only.config import (
     ELEMENT_DTYPES, MMA_MAX_M, SCALE_DTYPES, XLA_PREFILL_MIN_M, TileConfig, WeightSpec, choose_config,
     mma_weight_reason, mma_x_reason)
 from pallas_kernels.weight_only.pallas_kernel import weight_only_matmul_pallas
-from pallas_kernels.weight_only.reference import weight_only_matmul_convert, weight_only_matmul_reference
+from pallas_kernels.weight_only.reference import weight_only_matmul_reference
 
 logger = logging.getLogger(__name__)
 IMPLS = ("auto", "xla", "pallas", "triton", "mosaic")
@@ -245,8 +245,8 @@ def weight_only_matmul(x, values, scales, zeros=None, global_scale=None, *, elem
                   f"(weight dequantized to {jnp.dtype(x.dtype)}, XLA GEMM): the prefill kernels "
                   f"ran at 0.42-0.55x XLA's bf16 dot, XLA's dequantize-then-dot at 0.84-0.89x "
                   f"(H200, BENCHMARKS.md)")
-        return weight_only_matmul_convert(x, values, scales, zeros, global_scale,
-                                          **facts).reshape(*lead, n)
+        return weight_only_matmul_reference(x, values, scales, zeros, global_scale, **facts,
+                                            convert=True).reshape(*lead, n)
     if layout == "mma" and not _reads_mma(impl, x, config, element_dtype, block_k, block_n, scales.dtype, kp):
         # Only the tensor-core GEMV reads "mma"; every other path gets the "nk" bytes back
         # (one XLA pass over the weight, per call: prefill, CPU, explicit other kernels).

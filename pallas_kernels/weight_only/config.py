@@ -45,7 +45,7 @@ NUM_SMS = 132  # H100 SXM / H200; only used to size split-K, never for correctne
 MMA_MAX_M = 32  # layout "mma": the tensor-core GEMV serves M <= 32 (measured: M=64 is faster
 #                 through an "nk" copy and the prefill-style tiles, BENCHMARKS.md session 5)
 # impl="auto" on GPU sends products with M >= XLA_PREFILL_MIN_M to XLA's convert-and-dot
-# (`reference.weight_only_matmul_convert`). Measured on H200: our prefill tiles reach
+# (`reference.weight_only_matmul_reference(..., convert=True)`). Measured on H200: our prefill tiles reach
 # 0.42-0.55x XLA's bf16 dot at M=1024 and 4096 (BENCHMARKS.md session 4); XLA's
 # dequantize-to-bf16-then-dot of the scaled GEMM's formats, which dequantizes x as well, 0.84-0.89x
 # at 4096-8192 rows (session 4, the MX route of scaled_gemm). Weight-only convert-and-dot
