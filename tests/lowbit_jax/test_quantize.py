@@ -1,6 +1,7 @@
 """quantize/dequantize numerics: error bounds, MX exponents, zero blocks, padding, packing."""
 
 import math
+import zlib
 
 import hypothesis.extra.numpy as hnp
 import jax
@@ -49,6 +50,9 @@ def error_bound(w: np.ndarray, q: lj.QTensor) -> np.ndarray:
     else:  # e2m1: spacing .5 below 2, 1 below 4, 2 above
         half = np.where(y < 2, 0.25, np.where(y < 4, 0.5, 1.0))
     clip = np.maximum(y - emax, 0)
+    # f32 rounding of y = |w| / s (and of the scale itself) can move y by a few ulps, i.e.
+    # by ~y * 2**-23 of a step: at int8's y ~ 127 that is ~1.5e-5 of a step.
+    half = half + y * 2.0**-21
     floor = 0.0
     if q.global_scale is not None:
         # NVFP4: a block whose scale (amax_b / 6 / g) is below half the smallest E4M3
@@ -71,7 +75,7 @@ def check_roundtrip(w, fmt, axis=-2, layout=None):
 @pytest.mark.parametrize("fmt", WEIGHT_FORMATS)
 @pytest.mark.parametrize("layout", ["kn", "nk"])
 def test_weight_roundtrip_within_half_a_step(fmt, layout):
-    rng = np.random.default_rng(abs(hash((fmt, layout))) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(f"{fmt}/{layout}".encode()))
     w = (rng.standard_normal((2, 192, 136)) * rng.uniform(0.01, 10)).astype(np.float32)
     w[0, :, 3] *= 50  # an outlier channel
     check_roundtrip(jnp.asarray(w), fmt, layout=layout)
