@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import pathlib
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -50,7 +51,7 @@ def rel(a, b):
 def test_pallas_matches_reference(recipe, layout, interpret):
     m, k, np_ = 37, 256, 128
     n = 100 if recipe.w_block_n == 1 else np_          # exercise n < Np where blocks allow
-    key = jax.random.PRNGKey(hash((recipe.name, layout)) % 2**31)
+    key = jax.random.PRNGKey(zlib.crc32(f"{recipe.name}/{layout}".encode()))  # not PYTHONHASHSEED's
     xv, xs, wv, ws, kw = make_operands(key, recipe, m, k, np_, layout)
     kw["n"] = n
     ref = api.scaled_matmul(xv, xs, wv, ws, out_dtype=jnp.float32, impl="xla", **kw)
