@@ -48,32 +48,32 @@ def _time(model, prompts, n_new: int, repeats: int = 5) -> float:
 # compiled program and their difference is decode steps only. (16 and 48 fell in buckets 16
 # and 64: two programs whose prefills differ by up to ~10% of a 2048-token prefill, several
 # decode steps' worth -- the session-5/6 decode rates that swung 1.6x between runs.)
-_SHORT, _LONG = 33, 64
+SHORT, LONG = 33, 64
 
 
 def _decode_rate(model, prompts, b: int) -> tuple[float, float]:
     """(decode tokens/s, seconds of everything but the decode steps) from two calls of one
-    compiled program that generate _SHORT and _LONG tokens."""
-    assert bucket(_SHORT) == bucket(_LONG)
-    t_short = _time(model, prompts, _SHORT)
-    t_long = _time(model, prompts, _LONG)
-    step = max(t_long - t_short, 1e-9) / (_LONG - _SHORT)
-    return b / step, t_short - _SHORT * step
+    compiled program that generate SHORT and LONG tokens."""
+    assert bucket(SHORT) == bucket(LONG)
+    t_short = _time(model, prompts, SHORT)
+    t_long = _time(model, prompts, LONG)
+    step = max(t_long - t_short, 1e-9) / (LONG - SHORT)
+    return b / step, t_short - SHORT * step
 
 
 def device_step_ms(model, prompts) -> float | None:
-    """Kernel (device) ms of one decode step: CUPTI's kernel sums of the _SHORT and _LONG
+    """Kernel (device) ms of one decode step: CUPTI's kernel sums of the SHORT and LONG
     programs, differenced; None without CUPTI. Beside the host-clock step it shows how long
     the GPU waited for the host."""
     totals = []
-    for n_new in (_SHORT, _LONG):
+    for n_new in (SHORT, LONG):
         program, args, kwargs = generate_program(model, prompts, SamplingParams(max_new_tokens=n_new),
                                                  stop_ids=())
         kernels = bench_util.kernel_times(program, *args, **kwargs)
         if not kernels:
             return None
         totals.append(sum(ms for _, ms in kernels.values()))
-    return (totals[1] - totals[0]) / (_LONG - _SHORT)
+    return (totals[1] - totals[0]) / (LONG - SHORT)
 
 
 def matmul_ms_per_token(model, dtype) -> float:

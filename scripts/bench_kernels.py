@@ -6,9 +6,9 @@ present, the activation-quantized section (`scripts.bench_activation:run_section
 
 A run measures, in the same process: the card's copy bandwidth; XLA's bf16 dot; per stored
 format, our kernel (impl="triton", "pallas" with --pallas), XLA's own convert-and-dot of
-the same stored weight (dequantize to bf16, `x @ w`: the reference with `convert=True`), JAX's Mosaic GPU mixed int8 x bf16 kernel
-(int8, prefill M only; no scales: a lower bound for it) and torch's bf16 matmul and int4
-tinygemm when torch imports. Rows: median us, TB/s of stored weight bytes, TFLOP/s and the
+the same stored weight (dequantize to bf16, `x @ w`: the reference with `convert=True`),
+JAX's Mosaic GPU mixed int8 x bf16 kernel (int8, prefill M only; no scales: a lower bound for
+it) and torch's bf16 matmul and int4 tinygemm when torch imports. Rows: median us, TB/s of stored weight bytes, TFLOP/s and the
 ratio to XLA bf16. Full rows go to OUT/bench_weight_only.json; a short table is printed last.
 """
 

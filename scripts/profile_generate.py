@@ -26,8 +26,7 @@ import numpy as np
 from models import config, quant
 from models.generate import SamplingParams, generate_program
 from scripts import bench_util
-
-_SHORT, _LONG = 33, 64
+from scripts.bench_generate import LONG, SHORT
 
 
 def _profile(model, prompts, n_new: int) -> tuple[float, dict[str, list]]:
@@ -58,12 +57,12 @@ def main(argv=None):
     if a.layers:
         cfg = dataclasses.replace(cfg, n_layers=a.layers)
     prompts = np.random.default_rng(0).integers(3, cfg.vocab_size, size=(1, 256)).tolist()
-    steps = _LONG - _SHORT
+    steps = LONG - SHORT
     print(f"{cfg.name} x{cfg.n_layers} layers on {jax.devices()[0].device_kind}, Triton launches: "
           f"{triton_ffi.launch_target()}", flush=True)
     for recipe in a.recipes.split(","):
         model = quant.random_model(cfg, recipe, dtype="bfloat16")
-        (w0, k0), (w1, k1) = _profile(model, prompts, _SHORT), _profile(model, prompts, _LONG)
+        (w0, k0), (w1, k1) = _profile(model, prompts, SHORT), _profile(model, prompts, LONG)
         if not k1:
             raise SystemExit("no kernel times: CUPTI (an NVIDIA GPU) is needed")
         dev = (sum(v[1] for v in k1.values()) - sum(v[1] for v in k0.values())) / steps

@@ -50,4 +50,3 @@ def weight_only_matmul_reference(
     else:
         out = jnp.matmul(x.astype(jnp.float32), w, precision=jax.lax.Precision.HIGHEST)
     return out.astype(out_dtype or x.dtype)
-
