@@ -21,8 +21,8 @@ impl
     "triton"  the Triton kernel (through jax-triton), GPU only; raises likewise.
     "mosaic"  the Mosaic GPU (wgmma) weight-only kernel (int8/int4/uint4); explicit only.
     "auto"    the fastest path that can run, logging its reason once when that is not a
-              kernel: on GPU, weight-only products with M >= 1024 (prefill) go to XLA's
-              convert-and-dot (weight dequantized to x's dtype, XLA GEMM), which outran the
+              kernel: on GPU, weight-only products with M >= 512 (prefill) go to XLA (the
+              weight dequantized to x's dtype in one pass, then XLA's GEMM), which outran the
               prefill kernels; otherwise the kernel, else "xla".
 `interpret=True` runs Pallas kernels in interpret mode (CPU).
 """

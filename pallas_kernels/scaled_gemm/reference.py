@@ -27,12 +27,16 @@ def scaled_matmul_reference(
     n: int, out_dtype,
 ) -> jax.Array:
     x = dequantize_rows(xv, xs)
-    w = blocks.dequantize_blocks(wv, ws, element_dtype=w_element_dtype, block_k=w_block_k,
-                                 block_n=w_block_n, layout=layout)[:, :n]
+    facts = dict(element_dtype=w_element_dtype, block_k=w_block_k, block_n=w_block_n,
+                 layout=layout, n=n)
     if exact_in_bf16(xv.dtype, xs.dtype, w_element_dtype, ws.dtype):
-        x, w = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
-        y = jnp.dot(x, w, preferred_element_type=jnp.float32)
+        # The weight in bf16 in its stored order (no transposed f32 copy; XLA folds the
+        # swap into the dot): `blocks.dequantize_as`.
+        w = blocks.dequantize_as(wv, ws, dtype=jnp.bfloat16, **facts)
+        w = w if layout == "kn" else w.T
+        y = jnp.dot(x.astype(jnp.bfloat16), w, preferred_element_type=jnp.float32)
     else:
+        w = blocks.dequantize_blocks(wv, ws, **facts)
         y = jnp.dot(x, w, precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
     return y.astype(out_dtype)
 

@@ -9,10 +9,11 @@ block scales [+ zeros] [+ global scale]) and only x is a float array. Implementa
               only (the fast path; tiles from the per-device tuned table or the heuristic).
     "mosaic"  `mosaic_kernel.py`: Mosaic GPU (wgmma) prefill GEMM for int8/int4/uint4; runs in
               GPU interpret mode on CPU and its native lowering for CUDA is checked there too;
-              explicit only ("auto" never picks it: it has not yet run on a GPU).
-    "auto"    on GPU: M >= XLA_PREFILL_MIN_M (prefill) -> XLA's convert-and-dot
-              (`weight_only_matmul_reference(..., convert=True)`; the measurements behind it are at
-              `config.XLA_PREFILL_MIN_M`);
+              explicit only ("auto" never picks it: on H200 it ran at 0.65x XLA's bf16 dot for
+              int8 and 0.36x for int4-g128 at M=1024, below the XLA route).
+    "auto"    on GPU: M >= XLA_PREFILL_MIN_M (prefill) -> the weight dequantized to x's dtype
+              in one pass, then XLA's GEMM (`weight_only_matmul_reference(..., convert=True,
+              materialize=True)`; the measurements behind it are at `config.XLA_PREFILL_MIN_M`);
               else triton, else pallas, else xla; off GPU: xla. Each fallback logs its reason
               once (logging, module logger).
 
@@ -95,7 +96,7 @@ def unsupported_reason(x_shape, x_dtype, *, element_dtype, scale_dtype, block_k:
     if impl == "mosaic":
         why = mosaic_kernel.unsupported_reason(
             element_dtype=element_dtype, block_k=block_k, block_n=block_n, layout=layout, kp=kp,
-            np_=np_, has_global_scale=has_global_scale, config=_mosaic_config(config))
+            np_=np_, has_global_scale=has_global_scale, config=_mosaic_config(config, element_dtype))
         if why is None and not interpret and not _on_gpu():
             why = "impl='mosaic' runs natively only on a Hopper GPU; pass interpret=True"
         return why
@@ -139,12 +140,14 @@ def unsupported_reason(x_shape, x_dtype, *, element_dtype, scale_dtype, block_k:
     return None
 
 
-def _mosaic_config(config) -> mosaic_kernel.MosaicConfig:
-    """`config` may be a MosaicConfig; a TileConfig's tile sizes carry over; None: defaults."""
+def _mosaic_config(config, element_dtype) -> mosaic_kernel.MosaicConfig:
+    """`config` may be a MosaicConfig; a TileConfig's tile sizes carry over; None: the
+    fastest measured tiles (H200, 8192x28672, M=1024 and 4096: int8 128x128 with 64-deep
+    steps, 884 / 4003 us against 1209 / 4721 with 128-deep ones; 4-bit 128x128x128)."""
     if isinstance(config, mosaic_kernel.MosaicConfig):
         return config
     if config is None:
-        return mosaic_kernel.MosaicConfig()
+        return mosaic_kernel.MosaicConfig(tile_k=64 if jnp.dtype(element_dtype) == jnp.int8 else 128)
     return mosaic_kernel.MosaicConfig(tile_m=max(64, config.block_m), tile_n=config.block_n,
                                       tile_k=config.block_k)
 
@@ -166,7 +169,7 @@ def _kernel_call(x, values, scales, zeros, global_scale, *, chosen, spec, cfg, o
     if chosen == "mosaic":
         return mosaic_kernel.weight_only_matmul_mosaic(
             x, values, scales, zeros, element_dtype=spec.element_dtype, block_k=spec.block_k,
-            k=spec.k, n=spec.n, out_dtype=out_dtype, config=_mosaic_config(cfg),
+            k=spec.k, n=spec.n, out_dtype=out_dtype, config=_mosaic_config(cfg, spec.element_dtype),
             interpret=interpret)
     if chosen == "pallas":
         return weight_only_matmul_pallas(x, values, scales, zeros, global_scale, spec=spec,
@@ -241,12 +244,11 @@ def weight_only_matmul(x, values, scales, zeros=None, global_scale=None, *, elem
                  k=k, n=n, out_dtype=out_dtype)
     if (impl == "auto" and config is None and x.shape[0] >= XLA_PREFILL_MIN_M and _on_gpu()
             and jnp.dtype(x.dtype) in X_DTYPES):
-        _log_once(f"weight_only_matmul: M >= {XLA_PREFILL_MIN_M} uses XLA's convert-and-dot "
-                  f"(weight dequantized to {jnp.dtype(x.dtype)}, XLA GEMM): the prefill kernels "
-                  f"ran at 0.42-0.55x XLA's bf16 dot, XLA's dequantize-then-dot at 0.84-0.89x "
-                  f"(H200, BENCHMARKS.md)")
+        _log_once(f"weight_only_matmul: M >= {XLA_PREFILL_MIN_M} uses XLA: the weight dequantized "
+                  f"to {jnp.dtype(x.dtype)} in one pass, then XLA's GEMM (faster than the prefill "
+                  f"kernels from M=512: H200, BENCHMARKS.md session 8)")
         return weight_only_matmul_reference(x, values, scales, zeros, global_scale, **facts,
-                                            convert=True).reshape(*lead, n)
+                                            convert=True, materialize=True).reshape(*lead, n)
     if layout == "mma" and not _reads_mma(impl, x, config, element_dtype, block_k, block_n, scales.dtype, kp):
         # Only the tensor-core GEMV reads "mma"; every other path gets the "nk" bytes back
         # (one XLA pass over the weight, per call: prefill, CPU, explicit other kernels).
@@ -277,7 +279,7 @@ def weight_only_matmul(x, values, scales, zeros=None, global_scale=None, *, elem
                       block_k=block_k, block_n=block_n, layout=layout, k=k, n=n, kp=kp, np_=np_,
                       has_zeros=zeros is not None, has_global_scale=global_scale is not None)
     if chosen == "mosaic":
-        cfg = _mosaic_config(config)
+        cfg = _mosaic_config(config, element_dtype)
     else:
         cfg = config or choose_config(x.shape[0], spec, backend=chosen, device_kind=_device_kind())
     out = _batched_kernel_call(x, values, scales, zeros, global_scale, chosen=chosen, spec=spec,

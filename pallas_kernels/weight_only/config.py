@@ -44,13 +44,14 @@ KERNELS = ("dot", "gemv", "fma", "swapab", "kgemv", "mma")
 NUM_SMS = 132  # H100 SXM / H200; only used to size split-K, never for correctness.
 MMA_MAX_M = 32  # layout "mma": the tensor-core GEMV serves M <= 32 (measured: M=64 is faster
 #                 through an "nk" copy and the prefill-style tiles, BENCHMARKS.md session 5)
-# impl="auto" on GPU sends products with M >= XLA_PREFILL_MIN_M to XLA's convert-and-dot
-# (`reference.weight_only_matmul_reference(..., convert=True)`). Measured on H200: our prefill tiles reach
-# 0.42-0.55x XLA's bf16 dot at M=1024 and 4096 (BENCHMARKS.md session 4); XLA's
-# dequantize-to-bf16-then-dot of the scaled GEMM's formats, which dequantizes x as well, 0.84-0.89x
-# at 4096-8192 rows (session 4, the MX route of scaled_gemm). Weight-only convert-and-dot
-# itself: `bench_kernels` times it as its "xla-convert" baseline.
-XLA_PREFILL_MIN_M = 1024
+# impl="auto" on GPU sends products with M >= XLA_PREFILL_MIN_M to XLA: the weight dequantized
+# to x's dtype in one memory-bound pass (`blocks.dequantize_as`), then XLA's GEMM
+# (`reference.weight_only_matmul_reference(..., convert=True, materialize=True)`). Measured on
+# H200 with "mma" weights (BENCHMARKS.md session 8): that route beats our prefill tiles for
+# every format from M=512 (0.51-0.60x XLA's bf16 dot against 0.39-0.48x at 512; 0.63-0.71x
+# against 0.44-0.49x at 1024; 0.77-0.86x against 0.44-0.53x at 4096), ties them at M=256 and
+# loses at M=128 (0.27-0.33x against 0.28-0.45x).
+XLA_PREFILL_MIN_M = 512
 
 
 def _pow2(v: int) -> bool:

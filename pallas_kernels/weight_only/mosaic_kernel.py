@@ -39,7 +39,9 @@ padded K and N must be multiples of tile_k and tile_n (M is padded here); a step
 rows and each scale group's rows must be multiples of 64 (4-bit: tile_k=128 and groups of
 >= 128; int8: groups of >= 64), which is what the native lowering accepts. Tested in GPU
 interpret mode and lowered for CUDA (Pallas -> Mosaic GPU, layout inference included) on
-CPU; never compiled to a cubin or timed on a GPU.
+CPU. On an H200 (session 8, `scripts/bench_mosaic.py`) it compiles, matches the reference
+and runs at 0.65x XLA's bf16 dot for int8 and 0.36x for int4-g128 (M=1024, 8192x28672),
+against 0.79x for JAX's warp-specialized register-LHS example on int8 without scales.
 """
 
 from __future__ import annotations

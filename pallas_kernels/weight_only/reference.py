@@ -4,10 +4,15 @@
 dequantize the whole weight to f32 with `blocks.dequantize_blocks`, contract in f32, cast.
 
 With `convert=True` it is XLA's own path in x's precision, as a JAX user writes it: the
-weight dequantized to x's dtype, then `x @ w` with f32 accumulation. XLA fuses the
-convert into its GEMM at small M and writes the converted weight before a cuBLAS GEMM at
-large M. It is the "XLA convert-and-dot" baseline of `scripts/bench_kernels.py` and the
-prefill route of `impl="auto"` on GPU (`config.XLA_PREFILL_MIN_M`); not the oracle.
+weight dequantized to x's dtype, then `x @ w` with f32 accumulation; XLA decides whether to
+fuse the dequantization into its GEMM. It is the "XLA convert-and-dot" baseline of
+`scripts/bench_kernels.py`; not the oracle.
+
+With `materialize=True` as well, an optimization barrier makes XLA write the dequantized
+weight to HBM in one memory-bound pass and run its plain (cuBLAS) GEMM on it: the prefill
+route of `impl="auto"` on GPU (`config.XLA_PREFILL_MIN_M`). On H200, XLA's own choice for
+4-bit group formats at M=1024 (a dequantizing GEMM) ran at 0.39x its bf16 dot
+(BENCHMARKS.md, session 8).
 """
 
 from __future__ import annotations
@@ -33,20 +38,27 @@ def weight_only_matmul_reference(
     n: int,
     out_dtype=None,
     convert: bool = False,
+    materialize: bool = False,
 ) -> jax.Array:
     """x (..., M, k) float -> (..., M, n) `out_dtype` (default x.dtype); f32 accumulation.
 
     convert=False: the oracle (f32 weight, f32 contraction at HIGHEST precision).
     convert=True: XLA's convert-and-dot, each dequantized weight rounded once to x's dtype
     (as the prefill kernels' pre-scaled tiles are), then x @ w at x's precision.
+    materialize=True (with convert): that weight is written out before the GEMM.
     """
-    w = blocks.dequantize_blocks(
-        values, scales, zeros, global_scale,
-        element_dtype=element_dtype, block_k=block_k, block_n=block_n,
-        layout=layout, k=k, n=n,
-    )
+    if materialize and not convert:
+        raise ValueError("materialize=True needs convert=True")
+    facts = dict(element_dtype=element_dtype, block_k=block_k, block_n=block_n, layout=layout,
+                 k=k, n=n)
     if convert:
-        out = jnp.matmul(x, w.astype(x.dtype), preferred_element_type=jnp.float32)
+        w = blocks.dequantize_as(values, scales, zeros, global_scale, dtype=x.dtype, **facts)
+        if materialize:
+            w = jax.lax.optimization_barrier(w)
+        if layout != "kn":  # (n, k): XLA folds this transpose into the dot's dimensions
+            w = jnp.swapaxes(w, -1, -2)
+        out = jnp.matmul(x, w, preferred_element_type=jnp.float32)
     else:
+        w = blocks.dequantize_blocks(values, scales, zeros, global_scale, **facts)
         out = jnp.matmul(x.astype(jnp.float32), w, precision=jax.lax.Precision.HIGHEST)
     return out.astype(out_dtype or x.dtype)

@@ -235,11 +235,12 @@ class TestWeightOnlyGPU(TestWeightOnlyKernels):
 
 @pytest.mark.parametrize("label,layout", [("int4-g128", "mma"), ("mxfp4", "mma"), ("nvfp4", "nk"),
                                           ("uint4-g128", "nk"), ("int8", "kn")])
-def test_auto_sends_prefill_to_xla_convert_and_dot(label, layout, monkeypatch):
+def test_auto_sends_prefill_to_dequantize_then_xla_dot(label, layout, monkeypatch):
     """On a GPU (simulated: kernel launch replaced by a recorder), impl="auto" computes
-    M >= XLA_PREFILL_MIN_M as XLA's convert-and-dot -- the weight dequantized to x's dtype,
-    within bf16 rounding of the f32 oracle -- and smaller M, or an explicit kernel, with a
-    kernel."""
+    M >= XLA_PREFILL_MIN_M with XLA -- the weight dequantized to x's dtype and written out,
+    then XLA's GEMM; within bf16 rounding of the f32 oracle -- and smaller M, or an explicit
+    kernel, with a kernel."""
+    from pallas_kernels.weight_only.reference import weight_only_matmul_reference
     from pallas_kernels.weight_only import api, triton_kernel
     from pallas_kernels.weight_only.config import XLA_PREFILL_MIN_M
     monkeypatch.setattr(api, "_on_gpu", lambda: True)
@@ -258,6 +259,35 @@ def test_auto_sends_prefill_to_xla_convert_and_dot(label, layout, monkeypatch):
     ref = weight_only_matmul(x, **w, impl="xla", out_dtype=jnp.float32)
     err = float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref))
     assert 0 < err < 5e-3       # the weight rounded to bf16 once: not the oracle, close to it
+    facts = {a: w[a] for a in ("element_dtype", "block_k", "block_n", "layout", "k", "n")}
+    route = weight_only_matmul_reference(x, w["values"], w["scales"], w["zeros"], w["global_scale"],
+                                         **facts, convert=True, materialize=True, out_dtype=jnp.float32)
+    np.testing.assert_array_equal(out, route)
+    hlo = jax.jit(lambda x: weight_only_matmul(x, **w)).lower(x).as_text()
+    assert "optimization_barrier" in hlo  # the dequantized weight is written before the GEMM
     weight_only_matmul(x[:, :16], **w)
     weight_only_matmul(x, **w, impl="triton")
     assert seen == [32, XLA_PREFILL_MIN_M]
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
+@pytest.mark.parametrize("layout", ["kn", "nk", "mma"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.label)
+def test_dequantize_as_is_the_rounded_dequantized_weight(case, layout, dtype):
+    """The prefill route's weight (`blocks.dequantize_as`, in stored order; 32-bit words of
+    K-adjacent pairs for "nk"/"mma" in a 16-bit dtype) equals the f32 contract's weight
+    rounded once to `dtype`, bit for bit: odd K, N off the tiles, two stacked matrices."""
+    k, n = (301, 48) if layout != "mma" else (200, 40)
+    ws = [testing.random_weight(jax.random.key(s), case, k, n, layout=layout) for s in (11, 12)]
+    arrays = [jnp.stack([w[a] for w in ws]) if ws[0][a] is not None else None
+              for a in ("values", "scales", "zeros", "global_scale")]
+    facts = {a: ws[0][a] for a in ("element_dtype", "block_k", "block_n", "layout", "k", "n")}
+    want = blocks.dequantize_blocks(*arrays, **facts).astype(dtype)
+    if layout != "kn":
+        want = jnp.swapaxes(want, -1, -2)
+    got = blocks.dequantize_as(*arrays, dtype=dtype, **facts)
+    assert got.dtype == jnp.dtype(dtype) and got.shape == want.shape
+    bits = jnp.uint32 if jnp.dtype(dtype).itemsize == 4 else jnp.uint16
+    np.testing.assert_array_equal(jax.lax.bitcast_convert_type(got, bits),
+                                  jax.lax.bitcast_convert_type(want, bits))
+    assert bool(jnp.all(jnp.isfinite(got))) and float(jnp.abs(got.astype(jnp.float32)).max()) > 0
