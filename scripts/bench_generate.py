@@ -8,7 +8,8 @@ leaf at a time). Per recipe, in one process:
              new-token bucket); their time difference over the 31 extra steps gives the
              decode rate, prefill excluded. Batch 1 with a 2048-token prompt and batch 16
              with 64-token prompts.
-    prefill  the batch-1 call's time less its 33 decode steps: 2048 / (t33 - 33 * step).
+    prefill  the batch-1 call's time less its 33 decode steps: 2048 / (t33 - 33 * step);
+             "dev prefill" does the same with kernel (device) times, free of host noise.
     device   the kernel (device) time of one batch-1 decode step (CUPTI sums of the two
              programs, differenced): the step less this is the GPU waiting for the host.
     matmuls  the Dense products of one batch-1 token, timed layer by layer (device time):
@@ -61,19 +62,21 @@ def _decode_rate(model, prompts, b: int) -> tuple[float, float]:
     return b / step, t_short - SHORT * step
 
 
-def device_step_ms(model, prompts) -> float | None:
-    """Kernel (device) ms of one decode step: CUPTI's kernel sums of the SHORT and LONG
-    programs, differenced; None without CUPTI. Beside the host-clock step it shows how long
-    the GPU waited for the host."""
+def device_ms(model, prompts) -> tuple[float, float] | tuple[None, None]:
+    """Kernel (device) ms of one decode step and of the rest of the SHORT program (the
+    prefill, mostly): CUPTI's kernel sums of the SHORT and LONG programs, differenced;
+    (None, None) without CUPTI. Beside the host-clock step the first shows how long the GPU
+    waited for the host; the second is a prefill time free of the host clocks' noise."""
     totals = []
     for n_new in (SHORT, LONG):
         program, args, kwargs = generate_program(model, prompts, SamplingParams(max_new_tokens=n_new),
                                                  stop_ids=())
         kernels = bench_util.kernel_times(program, *args, **kwargs)
         if not kernels:
-            return None
+            return None, None
         totals.append(sum(ms for _, ms in kernels.values()))
-    return (totals[1] - totals[0]) / (LONG - SHORT)
+    step = (totals[1] - totals[0]) / (LONG - SHORT)
+    return step, totals[0] - SHORT * step
 
 
 def matmul_ms_per_token(model, dtype) -> float:
@@ -106,7 +109,7 @@ def matmul_ms_per_token(model, dtype) -> float:
     return total / 1e3
 
 
-def bench_recipe(cfg, recipe: str, *, impl: str, prefill_len: int = 2048) -> dict:
+def bench_recipe(cfg, recipe: str, *, impl: str, prefill_len: int = 2048, quick: bool = False) -> dict:
     t_start = time.perf_counter()
     model = quant.random_model(cfg, recipe, dtype="bfloat16")
     quant.set_matmul(model, impl=impl)
@@ -118,11 +121,13 @@ def bench_recipe(cfg, recipe: str, *, impl: str, prefill_len: int = 2048) -> dic
     prompt = rng.integers(3, cfg.vocab_size, size=(1, prefill_len)).tolist()
     rate, rest = _decode_rate(model, prompt, 1)
     row["decode_b1_tok_s"] = rate
-    row["device_b1_ms_per_step"] = device_step_ms(model, prompt)
-    row["matmul_b1_ms_per_tok"] = matmul_ms_per_token(model, "bfloat16")
+    row["device_b1_ms_per_step"], rest_ms = device_ms(model, prompt)
     row["prefill_tok_s"] = prefill_len / rest
-    rate, _ = _decode_rate(model, rng.integers(3, cfg.vocab_size, size=(16, 64)).tolist(), 16)
-    row["decode_b16_tok_s"] = rate
+    row["device_prefill_tok_s"] = prefill_len / rest_ms * 1e3 if rest_ms else None
+    if not quick:
+        row["matmul_b1_ms_per_tok"] = matmul_ms_per_token(model, "bfloat16")
+        rate, _ = _decode_rate(model, rng.integers(3, cfg.vocab_size, size=(16, 64)).tolist(), 16)
+        row["decode_b16_tok_s"] = rate
     row["seconds"] = round(time.perf_counter() - t_start, 1)
     print(row, flush=True)
     return row
@@ -143,6 +148,7 @@ def main(argv=None):
     ap.add_argument("--recipes", default="float,w4a16,w8a16,fp8-block")
     ap.add_argument("--impl", default="auto")
     ap.add_argument("--prefill-len", type=int, default=2048)
+    ap.add_argument("--quick", action="store_true", help="batch-1 prefill and decode only (no b16, no matmuls)")
     ap.add_argument("--deadline-s", type=float, default=1e9, help="start no recipe after this many seconds")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     a = ap.parse_args(argv)
@@ -154,7 +160,7 @@ def main(argv=None):
             rows.append({"recipe": r, "error": f"skipped: past --deadline-s={a.deadline_s}"})
             continue
         try:
-            rows.append(bench_recipe(cfg, r, impl=a.impl, prefill_len=a.prefill_len))
+            rows.append(bench_recipe(cfg, r, impl=a.impl, prefill_len=a.prefill_len, quick=a.quick))
         except Exception as e:  # noqa: BLE001 - one failing recipe is a row, not a crash
             rows.append({"recipe": r, "error": f"{type(e).__name__}: {str(e)[:300]}"})
             print(rows[-1], flush=True)
@@ -165,8 +171,8 @@ def main(argv=None):
                    "triton_launch_target": _launch_target(), "rows": rows}, f, indent=1)
     base = next((r for r in rows if r["recipe"] == "float" and "error" not in r), None)
     print(f"{a.model} on {dev.device_kind}, jax {jax.__version__}")
-    print(f"{'recipe':>10s} {'GB':>6s} {'prefill tok/s':>14s} {'dec b1 tok/s':>13s} {'dec b16 tok/s':>14s} "
-          f"{'b1 ms: step':>11s} {'device':>6s} {'matmuls':>7s}")
+    print(f"{'recipe':>10s} {'GB':>6s} {'prefill tok/s':>14s} {'dev prefill':>14s} {'dec b1 tok/s':>13s} "
+          f"{'dec b16 tok/s':>14s} {'b1 ms: step':>11s} {'device':>6s} {'matmuls':>7s}")
     for r in rows:
         if "error" in r:
             print(f"{r['recipe']:>10s} ERROR {r['error'][:100]}")
@@ -179,9 +185,9 @@ def main(argv=None):
             ratio = f" ({v / base[key]:.2f}x)" if base and base.get(key) else ""
             return f"{v:.0f}{ratio}"
         print(f"{r['recipe']:>10s} {r['weight_bytes'] / 1e9:6.2f} {cell('prefill_tok_s'):>14s} "
-              f"{cell('decode_b1_tok_s'):>13s} {cell('decode_b16_tok_s'):>14s} "
+              f"{cell('device_prefill_tok_s'):>14s} {cell('decode_b1_tok_s'):>13s} {cell('decode_b16_tok_s'):>14s} "
               f"{1e3 / r['decode_b1_tok_s']:11.2f} {r['device_b1_ms_per_step'] or float('nan'):6.2f} "
-              f"{r['matmul_b1_ms_per_tok']:7.2f}")
+              f"{r.get('matmul_b1_ms_per_tok') or float('nan'):7.2f}")
 
 
 if __name__ == "__main__":

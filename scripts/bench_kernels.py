@@ -5,8 +5,9 @@ present, the activation-quantized section (`scripts.bench_activation:run_section
         [--shapes 8192x28672,14336x4096] [--ms 1,16,1024] [--out DIR]
 
 A run measures, in the same process: the card's copy bandwidth; XLA's bf16 dot; per stored
-format, our kernel (impl="triton", "pallas" with --pallas), XLA's own convert-and-dot of
-the same stored weight (dequantize to bf16, `x @ w`: the reference with `convert=True`),
+format, our kernels (`--impls`, default impl="triton"), XLA's own convert-and-dot of
+the same stored weight (dequantize to bf16, `x @ w`: the reference with `convert=True`) and
+the `impl="auto"` prefill route ("xla-dequant": the same with the weight written out first),
 JAX's Mosaic GPU mixed int8 x bf16 kernel (int8, prefill M only; no scales: a lower bound for
 it) and torch's bf16 matmul and int4 tinygemm when torch imports. Rows: median us, TB/s of stored weight bytes, TFLOP/s and the
 ratio to XLA bf16. Full rows go to OUT/bench_weight_only.json; a short table is printed last.
@@ -116,16 +117,18 @@ def bench_weight_only(args) -> tuple[list[Row], list[dict]]:
             ws += [testing.random_weight(jax.random.key(100 + i), case, k, n, layout=layout)
                    for i in range(1, bench_util.copies_needed(nbytes))]
             st = _static(ws[0])
-            impls = ["triton"] + (["pallas"] if args.pallas else [])
+            impls = [i for i in args.impls if i != "mosaic" or layout == "kn"]
             fns = {impl: jax.jit(lambda x, v, s, z, g, impl=impl: weight_only_matmul(
                 x, v, s, z, g, **st, impl=impl)) for impl in impls}
             fns["xla-convert"] = jax.jit(lambda x, v, s, z, g: weight_only_matmul_reference(
                 x, v, s, z, g, **st, convert=True))
+            fns["xla-dequant"] = jax.jit(lambda x, v, s, z, g: weight_only_matmul_reference(
+                x, v, s, z, g, **st, convert=True, materialize=True))
             for m in args.ms:
                 x = jax.random.normal(jax.random.key(m), (m, k), jnp.bfloat16)
                 ref = None
                 for name, fn in fns.items():
-                    case_name = (name if name == "xla-convert" else f"ours-{name}") + (
+                    case_name = (name if name.startswith("xla-") else f"ours-{name}") + (
                         "" if len(args.layouts) == 1 else f"/{layout}")
                     try:
                         if args.check:
@@ -462,7 +465,8 @@ def _parse(argv):
     p.add_argument("--formats", default=",".join(FORMATS))
     p.add_argument("--shapes", default=None, help="KxN list, e.g. 8192x28672,14336x4096")
     p.add_argument("--ms", default=None, help="M list, e.g. 1,16,1024")
-    p.add_argument("--pallas", action="store_true", help="also time impl='pallas'")
+    p.add_argument("--impls", default="triton",
+                   help="our impls to time, e.g. triton,pallas,mosaic (mosaic: 'kn' layout only)")
     p.add_argument("--no-torch", dest="torch", action="store_false")
     p.add_argument("--no-mgpu", dest="mgpu", action="store_false")
     p.add_argument("--sweep", action="store_true", help="time tile variants (triton) instead")
@@ -486,6 +490,7 @@ def _parse(argv):
     a.ms = [int(v) for v in a.ms.split(",")] if a.ms else ([1, 16, 1024] if a.quick else list(MS))
     a.sections = a.sections.split(",")
     a.layouts = a.layouts.split(",")
+    a.impls = a.impls.split(",")
     return a
 
 

@@ -245,21 +245,24 @@ def bench(b: Bench, quick: bool):
             if best and best[1] != "heuristic":
                 cbest = next((c for c in cfgs if c and cfg_label(c) == best[1]), None)
 
-            def e2e(a, wv=wv, ws=ws, kw=kw, q=q, c=cbest):
+            # The weight is an argument, not a closed-over constant (XLA would try to fold
+            # its dequantization at compile time).
+            def e2e(a, wv, ws, kw=kw, q=q, c=cbest):
                 v, s = aq_kernel.quantize_rows_pallas(a, **q)
                 impl = "auto" if best and best[1].startswith("auto") else "triton"
                 return api.scaled_matmul(v, s, wv, ws, out_dtype=jnp.bfloat16, impl=impl, config=c, **kw)
-            te = b.guard(f"e2e {r.name} {sname}", lambda: time_fn(jax.jit(e2e), x))
+            te = b.guard(f"e2e {r.name} {sname}", lambda: time_fn(jax.jit(e2e), x, wv, ws))
             rr["e2e_s"] = te
             # XLA baselines specific to the recipe
             if r.name in ("w8a8-fp8", "w8a8-int8"):
                 sdt = jnp.int32 if r.name == "w8a8-int8" else jnp.float32
 
-                def xla_e2e(a, wv=wv, ws=ws, q=q, sdt=sdt):
+                def xla_e2e(a, wv, ws, q=q, sdt=sdt):
                     v, s = aq_ref.quantize_rows(a, **q)
                     acc = jax.lax.dot_general(v, wv[:n], dn, preferred_element_type=sdt)
                     return (acc.astype(jnp.float32) * s * ws[:n, 0][None, :]).astype(jnp.bfloat16)
-                rr["xla_lt_e2e_s"] = b.guard(f"xla e2e {r.name} {sname}", lambda: time_fn(jax.jit(xla_e2e), x))
+                rr["xla_lt_e2e_s"] = b.guard(f"xla e2e {r.name} {sname}",
+                                             lambda: time_fn(jax.jit(xla_e2e), x, wv, ws))
             elif sname in SWEEP_SHAPES or r.name == "mxfp8":
                 def deq(xv, xs, wv, ws, kw=kw):
                     xd = aq_ref.dequantize_rows(xv, xs).astype(jnp.bfloat16)

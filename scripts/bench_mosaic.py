@@ -1,0 +1,167 @@
+"""Tile sweep of the Mosaic GPU prefill GEMMs against XLA, one process, on the GPU.
+
+    python -m scripts.bench_mosaic [--shapes 8192x28672,4096x14336] [--ms 1024,4096]
+        [--kernels jax-mixed,ours] [--formats int8,int4-g128] [--out DIR]
+
+For each (M, K, N): XLA's bf16 `x @ w`; per format, the `impl="auto"` prefill route
+(dequantized weight written out, then XLA's GEMM: "xla-dequant") and
+XLA's dequantize-to-bf16 pass alone ("dequant-only", with GB/s moved), then every tile
+configuration of
+  jax-mixed  JAX's `hopper_mixed_type_matmul_mgpu` (int8 x bf16, no scales) on
+             out^T = W^T x^T: the ceiling of its register-LHS, warp-specialized structure;
+  ours       `weight_only_matmul(..., impl="mosaic")` on the stored format, checked against
+             the reference on the same weight before it is timed.
+Times are CUPTI device time (`bench_util.time_call`, weight copies past L2). Rows go to
+OUT/bench_mosaic.json; the best configuration per case is printed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import json
+import os
+import sys
+import traceback
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels import blocks
+from pallas_kernels.weight_only import api, mosaic_kernel, testing
+from pallas_kernels.weight_only.reference import weight_only_matmul_reference
+from scripts import bench_util
+from scripts.bench_kernels import _arrays, _git_rev, _rel_err, _static
+
+CHECK_TOL = 5e-3  # bf16-rounded scaled tiles against the f32 oracle
+
+
+def _jax_mixed_configs():
+    from jax.experimental.pallas.ops.gpu import hopper_mixed_type_matmul_mgpu as mm
+    D = mm.MatmulDimension
+    for tm, tn, tk, steps, wg in itertools.product((64, 128), (128,), (64, 128), (4,), (D.M, D.N)):
+        yield f"tm{tm}_tn{tn}_tk{tk}_s{steps}_wg{wg}", mm.TuningConfig(
+            tile_m=tm, tile_n=tn, tile_k=tk, max_concurrent_steps=steps, wg_dimension=wg,
+            grid_minor_dim=D.N, grid_tile_width=8)
+
+
+def _ours_configs():
+    for tm, tn, tk, steps in itertools.product((64, 128), (128, 256), (64, 128), (2, 4)):
+        try:
+            yield f"tm{tm}_tn{tn}_tk{tk}_s{steps}", mosaic_kernel.MosaicConfig(
+                tile_m=tm, tile_n=tn, tile_k=tk, max_concurrent_steps=steps)
+        except ValueError:
+            continue
+
+
+def _row(**kw):
+    print(json.dumps(kw), flush=True)
+    return kw
+
+
+def bench(args) -> list[dict]:
+    rows = []
+    for (k, n), m in itertools.product(args.shapes, args.ms):
+        x = jax.random.normal(jax.random.key(m), (m, k), jnp.bfloat16)
+        wbf = jax.random.normal(jax.random.key(0), (k, n), jnp.bfloat16)
+        wbfs = [wbf + i for i in range(bench_util.copies_needed(k * n * 2))]
+        us_bf16 = bench_util.time_call(jax.jit(lambda x, w: x @ w), [(x, w) for w in wbfs])
+        rows.append(_row(kernel="xla-bf16", fmt="bf16", config="", m=m, k=k, n=n, us=us_bf16))
+        del wbfs, wbf
+        if "jax-mixed" in args.kernels:
+            from jax.experimental.pallas.ops.gpu import hopper_mixed_type_matmul_mgpu as mm
+            wts = [jax.random.randint(jax.random.key(i), (n, k), -128, 128, jnp.int32).astype(jnp.int8)
+                   for i in range(bench_util.copies_needed(k * n))]
+            xt = x.T
+            for name, cfg in _jax_mixed_configs():
+                try:
+                    f = jax.jit(functools.partial(mm.mixed_matmul_kernel, out_dtype=jnp.bfloat16, config=cfg))
+                    us = bench_util.time_call(f, [(w, xt) for w in wts])
+                    rows.append(_row(kernel="jax-mixed", fmt="int8", config=name, m=m, k=k, n=n, us=us))
+                except Exception as e:  # noqa: BLE001 - a config that does not fit is a row
+                    rows.append(_row(kernel="jax-mixed", fmt="int8", config=name, m=m, k=k, n=n, us=-1.0,
+                                     error=f"{type(e).__name__}: {str(e)[:200]}"))
+            del wts
+        for label in args.formats:
+            case = testing.CASES_BY_LABEL[label]
+            layout = "kn" if "ours" in args.kernels else args.layout
+            ws = [testing.random_weight(jax.random.key(100), case, k, n, layout=layout)]
+            ws += [testing.random_weight(jax.random.key(100 + i), case, k, n, layout=layout)
+                   for i in range(1, bench_util.copies_needed(testing.stored_bytes(ws[0])))]
+            st = _static(ws[0])
+            deq = jax.jit(lambda v, s, z, g: blocks.dequantize_as(
+                v, s, z, g, dtype=jnp.bfloat16,
+                **{f: st[f] for f in ("element_dtype", "block_k", "block_n", "layout", "k", "n")}))
+            if m == args.ms[0]:  # independent of M
+                us = bench_util.time_call(deq, [_arrays(w) for w in ws])
+                rows.append(_row(kernel="dequant-only", fmt=label, config=layout, m=m, k=k, n=n, us=us,
+                                 gbps=(testing.stored_bytes(ws[0]) + 2 * k * n) / us / 1e3))
+            conv = jax.jit(lambda x, *a: weight_only_matmul_reference(
+                x, *a, **st, convert=True, materialize=True))
+            us = bench_util.time_call(conv, [(x, *_arrays(w)) for w in ws])
+            rows.append(_row(kernel="xla-dequant", fmt=label, config=layout, m=m, k=k, n=n, us=us))
+            if "ours" not in args.kernels:
+                continue
+            ref = weight_only_matmul_reference(x, *_arrays(ws[0]), **st)
+            for name, cfg in _ours_configs():
+                f = jax.jit(lambda x, *a, cfg=cfg: api.weight_only_matmul(x, *a, **st, impl="mosaic", config=cfg))
+                try:
+                    err = _rel_err(f(x, *_arrays(ws[0])), ref)
+                    if not err < CHECK_TOL:
+                        rows.append(_row(kernel="ours", fmt=label, config=name, m=m, k=k, n=n, us=-1.0,
+                                         error=f"check failed: rel err {err:.3g}"))
+                        continue
+                    us = bench_util.time_call(f, [(x, *_arrays(w)) for w in ws])
+                    rows.append(_row(kernel="ours", fmt=label, config=name, m=m, k=k, n=n, us=us, rel_err=err))
+                except NotImplementedError:
+                    continue  # a tile the kernel refuses up front (shared memory, shapes)
+                except Exception as e:  # noqa: BLE001
+                    traceback.print_exc(limit=2)
+                    rows.append(_row(kernel="ours", fmt=label, config=name, m=m, k=k, n=n, us=-1.0,
+                                     error=f"{type(e).__name__}: {str(e)[:200]}"))
+            del ws
+    return rows
+
+
+def summarize(rows: list[dict]) -> str:
+    out = [f"{'K x N':>12s} {'M':>5s} {'kernel':>12s} {'fmt':>10s} {'us':>8s} {'xbf16':>6s} {'TF/s':>6s}  config"]
+    bf16 = {(r["m"], r["k"], r["n"]): r["us"] for r in rows if r["kernel"] == "xla-bf16"}
+    best = {}
+    for r in rows:
+        if r["us"] > 0:
+            key = (r["m"], r["k"], r["n"], r["kernel"], r["fmt"])
+            if key not in best or r["us"] < best[key]["us"]:
+                best[key] = r
+    for (m, k, n, kern, fmt), r in sorted(best.items()):
+        tf = 2 * m * k * n / r["us"] / 1e6
+        out.append(f"{k:>5d}x{n:<6d} {m:>5d} {kern:>12s} {fmt:>10s} {r['us']:8.1f} "
+                   f"{bf16[(m, k, n)] / r['us']:6.2f} {tf:6.0f}  {r['config']}"
+                   + (f" {r['gbps']:.0f} GB/s" if "gbps" in r else ""))
+    return "\n".join(out)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default="8192x28672,4096x14336")
+    p.add_argument("--ms", default="1024,4096")
+    p.add_argument("--kernels", default="jax-mixed,ours")
+    p.add_argument("--formats", default="int8,int4-g128")
+    p.add_argument("--layout", default="nk", help="weight layout of the XLA rows without 'ours'")
+    p.add_argument("--out", default=os.environ.get("OUT", "."))
+    a = p.parse_args(argv if argv is not None else sys.argv[1:])
+    a.shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
+    a.ms = [int(v) for v in a.ms.split(",")]
+    a.kernels, a.formats = a.kernels.split(","), [f for f in a.formats.split(",") if f]
+    dev = jax.devices()[0]
+    rows = bench(a)
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "bench_mosaic.json"), "w") as f:
+        json.dump(dict(card=dev.device_kind, jax=jax.__version__, git_rev=_git_rev(),
+                       timing=bench_util.last_method(), args=vars(a), rows=rows), f, indent=1)
+    print(f"device {dev.device_kind}; jax {jax.__version__}; timing {bench_util.last_method()}")
+    print(summarize(rows))
+
+
+if __name__ == "__main__":
+    main()
