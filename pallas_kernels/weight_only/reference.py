@@ -9,10 +9,10 @@ fuse the dequantization into its GEMM. It is the "XLA convert-and-dot" baseline 
 `scripts/bench_kernels.py`; not the oracle.
 
 With `materialize=True` as well, an optimization barrier makes XLA write the dequantized
-weight to HBM in one memory-bound pass and run its plain (cuBLAS) GEMM on it: the prefill
-route of `impl="auto"` on GPU (`config.XLA_PREFILL_MIN_M`). On H200, XLA's own choice for
-4-bit group formats at M=1024 (a dequantizing GEMM) ran at 0.39x its bf16 dot
-(BENCHMARKS.md, session 8).
+weight to HBM in one memory-bound pass and run its plain GEMM on it: the prefill route of
+`impl="auto"` on GPU (`config.XLA_PREFILL_MIN_M`). (On H200 XLA made that choice by itself
+at M >= 128 in every measured case, BENCHMARKS.md session 8; the barrier rules out a
+dequantizing GEMM. What made the route fast is `blocks.dequantize_as`'s pass.)
 """
 
 from __future__ import annotations
