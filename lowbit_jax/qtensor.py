@@ -215,12 +215,13 @@ def dequantize(q: QTensor, dtype=jnp.float32) -> jax.Array:
         raise TypeError(f"dequantize needs a QTensor, got {type(q).__name__}")
     k, n = q.kn_shape
     bk, bn = q.block_kn
-    w = blocks.dequantize_blocks(
-        q.values, q.scales, q.zeros, q.global_scale, element_dtype=q.fmt.element_dtype,
+    # Stored order, rounded once to dtype (`blocks.dequantize_as`: a word-wise pass for bf16/f16).
+    w = blocks.dequantize_as(
+        q.values, q.scales, q.zeros, q.global_scale, dtype=dtype, element_dtype=q.fmt.element_dtype,
         block_k=bk, block_n=bn, layout=q.layout, k=k, n=n)
-    if q.axis == -1:
+    if (q.layout == "kn") == (q.axis == -1):  # (k, n) wanted as (n, k), or the reverse
         w = jnp.swapaxes(w, -1, -2)
-    return w.reshape(q.shape).astype(dtype)
+    return w.reshape(q.shape)
 
 
 def numpy_codes(q: QTensor) -> np.ndarray:

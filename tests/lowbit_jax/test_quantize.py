@@ -300,3 +300,23 @@ def test_weights_are_stored_k_major_by_default():
     with pytest.raises(ValueError, match="layout 'mma' needs int4 scale blocks of whole 128-long chunks"):
         lj.quantize(w, "int4-g32", layout="mma")
     np.testing.assert_array_equal(np.asarray(lj.dequantize(q)), np.asarray(lj.dequantize(lj.quantize(w, "int4-g32", layout="kn"))))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("layout,axis", [("kn", -2), ("nk", -2), ("nk", -1), ("mma", -2)])
+@pytest.mark.parametrize("fmt", WEIGHT_FORMATS)
+def test_dequantize_to_16_bits_is_the_f32_weight_rounded_once(fmt, layout, axis, dtype):
+    """`dequantize(q, bf16/f16)` (the word-wise pass of `blocks.dequantize_as` for "nk" and
+    "mma") equals the f32 dequantization rounded to that dtype, bit for bit."""
+    if layout == "mma" and blocks.mma_format_reason(
+            lj.FORMATS[fmt].element_dtype, lj.FORMATS[fmt].block[0], lj.FORMATS[fmt].scale_dtype,
+            lj.FORMATS[fmt].block[1]) is not None:
+        pytest.skip(f"{fmt} has no 'mma' layout")
+    rng = np.random.default_rng(zlib.crc32(f"{fmt}/{layout}/{axis}".encode()))
+    w = jnp.asarray(rng.standard_normal((2, 256, 72)).astype(np.float32) * 3)
+    q = lj.quantize(w, fmt, axis=axis, layout=layout)
+    got = lj.dequantize(q, dtype)
+    want = lj.dequantize(q, jnp.float32).astype(dtype)
+    assert got.shape == w.shape and got.dtype == jnp.dtype(dtype)
+    np.testing.assert_array_equal(jax.lax.bitcast_convert_type(got, jnp.uint16),
+                                  jax.lax.bitcast_convert_type(want, jnp.uint16))
