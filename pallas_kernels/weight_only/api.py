@@ -141,13 +141,12 @@ def unsupported_reason(x_shape, x_dtype, *, element_dtype, scale_dtype, block_k:
 
 
 def _mosaic_config(config, element_dtype) -> mosaic_kernel.MosaicConfig:
-    """`config` may be a MosaicConfig; a TileConfig's tile sizes carry over; None: the
-    fastest measured tiles (H200, 8192x28672, M=1024 and 4096: int8 128x128 with 64-deep
-    steps, 884 / 4003 us against 1209 / 4721 with 128-deep ones; 4-bit 128x128x128)."""
+    """`config` may be a MosaicConfig; a TileConfig's tile sizes carry over; None:
+    `mosaic_kernel.default_config`."""
     if isinstance(config, mosaic_kernel.MosaicConfig):
         return config
     if config is None:
-        return mosaic_kernel.MosaicConfig(tile_k=64 if jnp.dtype(element_dtype) == jnp.int8 else 128)
+        return mosaic_kernel.default_config(element_dtype)
     return mosaic_kernel.MosaicConfig(tile_m=max(64, config.block_m), tile_n=config.block_n,
                                       tile_k=config.block_k)
 
@@ -169,7 +168,7 @@ def _kernel_call(x, values, scales, zeros, global_scale, *, chosen, spec, cfg, o
     if chosen == "mosaic":
         return mosaic_kernel.weight_only_matmul_mosaic(
             x, values, scales, zeros, element_dtype=spec.element_dtype, block_k=spec.block_k,
-            k=spec.k, n=spec.n, out_dtype=out_dtype, config=_mosaic_config(cfg, spec.element_dtype),
+            k=spec.k, n=spec.n, out_dtype=out_dtype, config=cfg,
             interpret=interpret)
     if chosen == "pallas":
         return weight_only_matmul_pallas(x, values, scales, zeros, global_scale, spec=spec,
