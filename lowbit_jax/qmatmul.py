@@ -19,11 +19,13 @@ impl
     "pallas"  the Pallas kernel; raises `KernelUnavailableError` with the reason when it
               cannot run (never a silent fallback).
     "triton"  the Triton kernel (through jax-triton), GPU only; raises likewise.
-    "mosaic"  the Mosaic GPU (wgmma) weight-only kernel (int8/int4/uint4); explicit only.
+    "mosaic"  the Mosaic GPU (wgmma) kernels: weight-only (int8/int4/uint4; explicit only)
+              and the warp-specialized 8-bit scaled GEMM (W8A8, fp8 / int8 blocks).
     "auto"    the fastest path that can run, logging its reason once when that is not a
               kernel: on GPU, weight-only products with M >= 512 (prefill) go to XLA (the
               weight dequantized to x's dtype in one pass, then XLA's GEMM), which outran the
-              prefill kernels; otherwise the kernel, else "xla".
+              prefill kernels, and scaled products to the Mosaic GPU GEMM where it runs,
+              else Triton; otherwise the kernel, else "xla".
 `interpret=True` runs Pallas kernels in interpret mode (CPU).
 """
 
@@ -96,8 +98,6 @@ def _kernel_call(x2, w: QTensor, act, impl, out_dtype, interpret):
             x2, w.values, w.scales, w.zeros, w.global_scale, element_dtype=w.fmt.element_dtype,
             block_k=bk, block_n=bn, layout=w.layout, k=k, n=n, out_dtype=out_dtype, impl=impl,
             interpret=interpret)
-    if impl == "mosaic":
-        raise NotImplementedError("the Mosaic GPU kernel is weight-only (no activation format)")
     from pallas_kernels.scaled_gemm import api as sg
     xv, xs = sg.quantize_activations(
         x2, element_dtype=act.element_dtype, block_k=act.block[0], scale_dtype=act.scale_dtype,

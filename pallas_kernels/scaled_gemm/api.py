@@ -14,8 +14,13 @@ impl:
   "triton"  the Triton kernel (GPU only); raises with the reason if it cannot run.
   "pallas"  the Pallas kernel: natively on GPU (Pallas-Triton, whole tiles only) or
             interpreted with `interpret=True`; raises with the reason if it cannot run.
-  "auto"    on GPU: triton, else pallas, else xla; off GPU: pallas when interpret=True,
-            else xla. Each fallback logs its reason once.
+  "mosaic"  the warp-specialized Mosaic GPU kernel (`mosaic_kernel.py`; 8-bit "nk" weights,
+            per-token x per-channel scales or one promotion per K step); natively on a
+            Hopper GPU, or interpreted with `interpret=True` (epilogue scales only); raises
+            with the reason if it cannot run.
+  "auto"    on GPU: mosaic, else triton, else pallas, else xla (MX formats: xla, measured
+            fastest on Hopper); off GPU: pallas when interpret=True, else xla. Each fallback
+            logs its reason once.
 
 Supported scale groupings (G = min(x_block_k, w_block_k) along K, the promotion group):
 one of x_block_k / w_block_k must divide the other, both must divide Kp, and the tile's
@@ -36,11 +41,13 @@ from pallas_kernels import blocks
 from pallas_kernels.act_quant import kernel as aq_kernel
 from pallas_kernels.act_quant import reference as aq_ref
 from pallas_kernels.scaled_gemm import kernel as pallas_kernel
-from pallas_kernels.scaled_gemm.config import GemmConfig, choose_config
+from pallas_kernels.scaled_gemm import mosaic_kernel
+from pallas_kernels.scaled_gemm.config import GemmConfig, choose_config, choose_mosaic_config
+from pallas_kernels.scaled_gemm.mosaic_kernel import MosaicGemmConfig
 from pallas_kernels.scaled_gemm.reference import scaled_matmul_reference
 
 log = logging.getLogger(__name__)
-_IMPLS = ("auto", "xla", "pallas", "triton")
+_IMPLS = ("auto", "xla", "pallas", "triton", "mosaic")
 E8M0 = jnp.dtype(jnp.float8_e8m0fnu)
 
 
@@ -162,9 +169,11 @@ def _config_reason(f, cfg: GemmConfig, w_block_n) -> str | None:
 
 def unsupported_reason(
     xv, xs, wv, ws, *, x_block_k, w_block_k, w_block_n, layout, w_element_dtype, k, n,
-    impl: str = "triton", interpret: bool = False, config: GemmConfig | None = None,
+    impl: str = "triton", interpret: bool = False,
+    config: GemmConfig | MosaicGemmConfig | None = None,
 ) -> str | None:
-    """Why `impl` ("triton" or "pallas") cannot run these arguments; None when it can.
+    """Why `impl` ("triton", "pallas" or "mosaic") cannot run these arguments; None when it
+    can.
 
     Arguments may be arrays or jax.ShapeDtypeStruct. Invalid arguments (blocks that do not
     nest, shape mismatches) are reported too.
@@ -174,6 +183,11 @@ def unsupported_reason(
                    w_block_n=w_block_n, layout=layout, w_element_dtype=w_element_dtype, k=k, n=n)
     except ValueError as e:
         return str(e)
+    if impl == "mosaic":
+        return _mosaic_reason(f, config, layout=layout, w_element_dtype=w_element_dtype,
+                              xs_dtype=xs.dtype, interpret=interpret)
+    if config is not None and not isinstance(config, GemmConfig):
+        return f"impl={impl!r} takes a GemmConfig, got {type(config).__name__}"
     if impl == "triton":
         if not _on_gpu():
             return "the Triton kernel needs a GPU"
@@ -193,7 +207,7 @@ def unsupported_reason(
                 f["m"], n, f["np_"], block_m=bm, block_n=bn, w_block_n=w_block_n,
                 four_bit=f["four"], e8m0=E8M0 in (jnp.dtype(xs.dtype), jnp.dtype(ws.dtype)))
         return None
-    raise ValueError(f"{impl=} must be 'triton' or 'pallas'")
+    raise ValueError(f"{impl=} must be 'triton', 'pallas' or 'mosaic'")
 
 
 def triton_config_reason(xv, xs, wv, ws, *, config: GemmConfig | None, x_block_k, w_block_k,
@@ -229,10 +243,45 @@ def _pallas_tiles(f, n, *, interpret):
     return 64, 128
 
 
+def _mosaic_config(f, config) -> MosaicGemmConfig:
+    return config or choose_mosaic_config(kp=f["kp"], np_=f["np_"], group_k=f["g"])
+
+
+def _mosaic_reason(f, config, *, layout, w_element_dtype, xs_dtype, interpret) -> str | None:
+    if config is not None and not isinstance(config, MosaicGemmConfig):
+        return f"impl='mosaic' takes a MosaicGemmConfig, got {type(config).__name__}"
+    if not (_on_gpu() or interpret):
+        return "the Mosaic GPU kernel needs a GPU (or interpret=True)"
+    if _on_gpu() and (cc := getattr(jax.devices()[0], "compute_capability", "9.0")) != "9.0":
+        return f"the Mosaic GPU kernel issues Hopper's wgmma (sm_90a); this GPU is sm_{cc}"
+    if layout != "nk" or f["four"]:
+        return (f"the Mosaic GPU kernel takes 8-bit weights in the 'nk' layout (K-major, as "
+                f"8-bit wgmma needs); got {layout=}, {jnp.dtype(w_element_dtype)}")
+    cfg = _mosaic_config(f, config)
+    promote = f["g"] < f["kp"]
+    if promote and f["g"] != cfg.tile_k:
+        return (f"the Mosaic GPU kernel promotes once per K step: the scale group "
+                f"G={f['g']} must equal tile_k={cfg.tile_k}")
+    if promote and interpret and not _on_gpu():
+        return ("per-K-group promotion does not run in Mosaic GPU interpret mode (jax 0.11.2's "
+                "interpreter cannot store into a WGMMA accumulator); it lowers natively")
+    return mosaic_kernel.unsupported_reason(
+        element_dtype=w_element_dtype, kp=f["kp"], np_=f["np_"],
+        groups=f["kp"] // f["g"], config=cfg)
+
+
+def _mosaic_scales(xs, ws, f, w_block_n):
+    """The kernel's (S, M) and (S, Np) f32 scales, S = Kp / G: each side's scale of group g
+    (x's blocks and the weight's (block_k, block_n) blocks repeated to G x 1)."""
+    sa = jnp.repeat(xs.astype(jnp.float32).T, f["gx"] // f["g"], axis=0)
+    sb = jnp.repeat(ws.astype(jnp.float32).T, f["gw"] // f["g"], axis=0)
+    return sa, jnp.repeat(sb, w_block_n, axis=1)
+
+
 def scaled_matmul(
     xv, xs, wv, ws, *, x_block_k: int | None, w_block_k: int, w_block_n: int, layout: str,
     w_element_dtype, k: int, n: int, out_dtype=jnp.bfloat16, impl: str = "auto",
-    interpret: bool = False, config: GemmConfig | None = None,
+    interpret: bool = False, config: GemmConfig | MosaicGemmConfig | None = None,
 ) -> jax.Array:
     """y (M, n) out_dtype = dequant(xv, xs) @ dequant(wv, ws)[:, :n].
 
@@ -243,7 +292,8 @@ def scaled_matmul(
         `w_element_dtype` (int8, float8_e4m3fn, or float4_e2m1fn packed in uint8).
       w_block_k, w_block_n: weight scale block (w_block_k = Kp for per-channel).
       k, n: logical (unpadded) K and N.
-      config: tile config for the Triton path (default: `choose_config`).
+      config: tile config: a GemmConfig for the Triton path (default: `choose_config`), a
+        MosaicGemmConfig for impl="mosaic" (default: `choose_mosaic_config`).
     """
     if impl not in _IMPLS:
         raise ValueError(f"{impl=} must be one of {_IMPLS}")
@@ -252,7 +302,7 @@ def scaled_matmul(
     common = dict(x_block_k=x_block_k, w_block_k=w_block_k, w_block_n=w_block_n, layout=layout,
                   w_element_dtype=w_element_dtype, k=k, n=n)
     if impl == "auto":
-        order = ("triton", "pallas") if _on_gpu() else (("pallas",) if interpret else ())
+        order = ("mosaic", "triton", "pallas") if _on_gpu() else (("pallas",) if interpret else ())
         chosen, reasons = "xla", []
         if _on_gpu() and f["mx"] and config is None:
             # Measured on H100/H200 (BENCHMARKS.md): XLA's exact bf16 decomposition of MX
@@ -269,7 +319,7 @@ def scaled_matmul(
             _log_once(f"scaled_matmul: using {chosen} "
                       f"({'; '.join(reasons) or 'no GPU and interpret=False'})")
         impl = chosen
-    elif impl in ("triton", "pallas"):
+    elif impl in ("triton", "pallas", "mosaic"):
         r = unsupported_reason(xv, xs, wv, ws, impl=impl, interpret=interpret, config=config,
                                **common)
         if r:
@@ -286,6 +336,13 @@ def scaled_matmul(
             layout=layout, w_element_dtype=jnp.dtype(w_element_dtype), n=n,
             out_dtype=jnp.dtype(out_dtype), block_m=bm, block_n=bn,
             block_k=_pallas_block_k(f), interpret=interpret)
+    if impl == "mosaic":
+        sa, sb = _mosaic_scales(xs, ws, f, w_block_n)
+        cfg = _mosaic_config(f, config)
+        y = mosaic_kernel.scaled_matmul_mosaic(
+            xv, wv, sa, sb, out_dtype=jnp.dtype(out_dtype), config=cfg,
+            uniform_n=w_block_n % cfg.tile_n == 0, interpret=interpret and not _on_gpu())
+        return y[:, :n]
     from pallas_kernels.scaled_gemm import triton_call  # GPU only: imports triton
 
     cfg = _chosen_config(f, config, n)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from pallas_kernels.scaled_gemm.mosaic_kernel import MosaicGemmConfig
+
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class GemmConfig:
@@ -59,3 +61,30 @@ def choose_config(*, m: int, n: int, kp: int, group_k: int, mx: bool, four_bit: 
     bk = min(128, group_k)
     return GemmConfig(block_m=bm, block_n=128, block_k=bk, num_warps=8,
                       num_stages=4 if bk >= 128 else 5, mode="promote")
+
+
+def choose_mosaic_config(*, kp: int, np_: int, group_k: int) -> MosaicGemmConfig:
+    """Tiles of the Mosaic GPU kernel: the fastest measured on H200 (BENCHMARKS.md session 9;
+    8192^3, 4096x7168x16384, 4096x14336x4096), narrowed along N where Np needs it.
+
+    Epilogue (scales constant along K): 128x128 per warpgroup, a 128x256 CTA tile, 3 stages
+    (4 do not fit in shared memory). Promotion per 128-deep group: 64-row warpgroup tiles (the
+    fresh accumulator and the f32 sum both live in registers, 2 x 64 per thread), the two
+    warpgroups stacked along M. Promotion per 32-deep group: 64x128 tiles side by side along
+    N, 8 stages."""
+    # A group the kernel cannot step by gets tile_k 128; `mosaic_kernel.unsupported_reason`
+    # then names the mismatch.
+    tk = group_k if group_k in (32, 64, 128, 256) else 128
+    if group_k >= kp:
+        tm, tn, tk, wg, steps = 128, 128, 128, "n", 3
+    elif tk >= 128:
+        tm, tn, wg, steps = 64, 128, "m", 4
+    else:
+        tm, tn, wg, steps = 64, 128, "n", 8
+    if wg == "n" and np_ % (2 * tn):
+        wg = "m"
+    while tn > 32 and np_ % tn:
+        tn //= 2
+    return MosaicGemmConfig(tile_m=tm, tile_n=tn, tile_k=tk, wg_dim=wg,
+                            max_concurrent_steps=steps, grid_minor_dim="m",
+                            epi_tile_n=min(64, tn))

@@ -104,9 +104,23 @@ def test_mosaic_weight_only_path(recipe, interpret):
         lj.qmatmul(x, lj.quantize(rand(256, 128), r.weight), impl="mosaic", interpret=interpret)
     rel = float(jnp.linalg.norm(y - ref) / jnp.linalg.norm(ref))
     assert rel < 4e-3, rel  # group-scaled tiles are rounded to bf16 before the wgmma
-    with pytest.raises(lj.KernelUnavailableError, match="weight-only"):
-        lj.qmatmul(x, lj.quantize(rand(256, 128), "fp8-block128", layout="nk", act="act-fp8-1x128"),
-                   impl="mosaic", interpret=interpret)
+
+
+@pytest.mark.parametrize("recipe", ["w8a8-int8", "w8a8-fp8"])
+def test_mosaic_scaled_path(recipe, interpret):
+    """impl="mosaic" with an activation format: x quantized on the fly, then the
+    warp-specialized Mosaic GPU GEMM (GPU interpret mode on CPU)."""
+    r = lj.get_recipe(recipe)
+    q = lj.quantize(rand(256, 256, seed=8), r.weight, layout=r.layout, act=r.act)
+    x = rand(70, 256, seed=9, dtype=jnp.bfloat16)
+    ref = lj.qmatmul(x, q, impl="xla", out_dtype=jnp.float32)
+    y = lj.qmatmul(x, q, impl="mosaic", interpret=interpret, out_dtype=jnp.float32)
+    rel = float(jnp.linalg.norm(y - ref) / jnp.linalg.norm(ref))
+    assert rel < 1e-5, rel  # same quantized operands; f32 summation order only
+    if interpret:
+        blocks = lj.quantize(rand(256, 256), "fp8-block128", layout="nk", act="act-fp8-1x128")
+        with pytest.raises(lj.KernelUnavailableError, match="interpret mode"):
+            lj.qmatmul(x, blocks, impl="mosaic", interpret=True)
 
 
 @pytest.mark.parametrize("w_fmt", ["nvfp4", "uint4-g32"])

@@ -1,0 +1,296 @@
+"""8-bit scaled GEMM for Hopper on the Mosaic GPU Pallas backend (`plgpu`): fp8 or int8
+tensor cores, per-token x per-channel scales in the epilogue or per-K-group promotion.
+
+    y[m, j] = sum_g sa[g, m] * sb[g, j] * sum_{k in group g} a[m, k] * b[j, k]
+
+a (M, K) and b (N, K) hold 8-bit codes (float8_e4m3fn or int8, both K-major, the
+weight in the "nk" layout); sa (S, M) and sb (S, N) are f32 with S scale groups along K:
+S == 1 is per-token x per-channel (W8A8), S == K / tile_k is DeepSeek-V3-style promotion
+(activation tiles 1 x G, weight blocks G x block_n, G = tile_k; the weight's per-block scale
+is repeated along its block_n columns by the caller, `api`).
+
+Structure (JAX's `hopper_matmul_mgpu` example, plus the scales)
+    A persistent kernel: one CTA per SM walks the output tiles in a planar snake (L2 reuse).
+    Each CTA has three warpgroups: one memory warpgroup that TMA-loads, per K step, the a and
+    b tiles (and, when promoting, the step's rows of sa and sb) into a ring of
+    `max_concurrent_steps` shared-memory slots; two compute warpgroups that each own half
+    of the CTA tile (split along M or N, `wg_dim`) and issue `wgmma` from shared memory.
+Epilogue mode (S == 1)
+    The accumulator chains across all of K on the tensor cores; after the loop each compute
+    warpgroup loads its rows of sa and columns of sb and scales the tile once.
+Promotion mode (S == K / tile_k)
+    fp8 tensor cores accumulate with reduced precision (DeepSeek-V3 measured ~14 bits), and
+    block scales change along K anyway, so each step's product goes into a fresh
+    accumulator, which the compute warpgroup waits for and adds, scaled by sa x sb, into an
+    f32 sum held in registers. While one compute warpgroup waits and promotes, the other's
+    `wgmma` keeps the tensor cores busy: this overlap is what Triton 3.6 could not express
+    (it waits on every wgmma; BENCHMARKS.md session 7), and what DeepGEMM does in CUDA.
+
+The output tile is written through shared memory by TMA in epi_tile_m x epi_tile_n pieces.
+int8 codes accumulate exactly in int32 (converted to f32 only for the scaling).
+
+Limits: M is padded here to whole CTA tiles; N and K must be multiples of the CTA tile's N
+and of tile_k (`unsupported_reason`). GPU interpret mode (`interpret=True`) runs it on any
+host, which is how CI tests it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+ELEMENT_DTYPES = (jnp.dtype(jnp.float8_e4m3fn), jnp.dtype(jnp.int8))
+_F32 = jnp.float32
+_DIMS = ("m", "n")
+_NUM_SMS = 132  # H100 SXM / H200: the persistent grid where the device does not say
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class MosaicGemmConfig:
+    """tile_m x tile_n: one compute warpgroup's output tile (the CTA's is twice that along
+    `wg_dim`); tile_k: K per pipeline step (= the promotion group); max_concurrent_steps:
+    pipeline depth; grid_minor_dim / grid_tile_width: the planar snake over output tiles;
+    epi_tile_m x epi_tile_n: the pieces the output is stored in."""
+    tile_m: int = 128
+    tile_n: int = 128
+    tile_k: int = 128
+    wg_dim: str = "n"
+    max_concurrent_steps: int = 4
+    grid_minor_dim: str = "n"
+    grid_tile_width: int = 8
+    epi_tile_m: int = 64
+    epi_tile_n: int = 64
+
+    def __post_init__(self):
+        if self.tile_m % 64 or not 64 <= self.tile_m <= 256:
+            raise ValueError(f"tile_m={self.tile_m} must be a multiple of 64 in [64, 256]")
+        if self.tile_n % 32 or not 32 <= self.tile_n <= 256:
+            raise ValueError(f"tile_n={self.tile_n} must be a multiple of 32 in [32, 256]")
+        if self.tile_k not in (32, 64, 128, 256):
+            raise ValueError(f"tile_k={self.tile_k} must be 32, 64, 128 or 256")
+        if self.wg_dim not in _DIMS or self.grid_minor_dim not in _DIMS:
+            raise ValueError(f"wg_dim={self.wg_dim!r} and grid_minor_dim="
+                             f"{self.grid_minor_dim!r} must be 'm' or 'n'")
+        if self.max_concurrent_steps < 2 or self.grid_tile_width < 1:
+            raise ValueError(f"max_concurrent_steps={self.max_concurrent_steps} must be >= 2 "
+                             f"and grid_tile_width={self.grid_tile_width} >= 1")
+        if self.tile_m % self.epi_tile_m or self.tile_n % self.epi_tile_n:
+            raise ValueError(f"epi_tile ({self.epi_tile_m}, {self.epi_tile_n}) must divide "
+                             f"the tile ({self.tile_m}, {self.tile_n})")
+
+    @property
+    def cta_m(self) -> int:
+        return self.tile_m * (2 if self.wg_dim == "m" else 1)
+
+    @property
+    def cta_n(self) -> int:
+        return self.tile_n * (2 if self.wg_dim == "n" else 1)
+
+
+def unsupported_reason(*, element_dtype, kp: int, np_: int, groups: int,
+                       config: MosaicGemmConfig) -> str | None:
+    """Why the kernel cannot take these operands (None when it can). groups: S, the number
+    of scale groups along K (1, or kp // tile_k)."""
+    edt = jnp.dtype(element_dtype)
+    if edt not in ELEMENT_DTYPES:
+        return f"element dtype {edt} not in {ELEMENT_DTYPES} for the Mosaic GPU scaled GEMM"
+    if kp % config.tile_k:
+        return f"Kp={kp} must be a multiple of tile_k={config.tile_k}"
+    if np_ % config.cta_n:
+        return f"Np={np_} must be a multiple of the CTA tile's N={config.cta_n}"
+    if groups not in (1, kp // config.tile_k):
+        return (f"{groups} scale groups along Kp={kp}: the kernel promotes once per "
+                f"tile_k={config.tile_k} step (groups = {kp // config.tile_k}) or scales once (1)")
+    if (need := smem_bytes(config, edt)) > _SMEM_LIMIT:
+        return f"the tiles need ~{need} bytes of shared memory > {_SMEM_LIMIT}"
+    return None
+
+
+_SMEM_LIMIT = 232448  # Hopper's per-block maximum (opt-in), as Mosaic GPU reports it
+
+
+def smem_bytes(config: MosaicGemmConfig, element_dtype, out_itemsize: int = 2) -> int:
+    c = config
+    step = (c.cta_m + c.cta_n) * c.tile_k * jnp.dtype(element_dtype).itemsize
+    step += (c.cta_m + c.cta_n) * 4  # one row of sa and sb (promotion)
+    out = 2 * 2 * c.epi_tile_m * c.epi_tile_n * out_itemsize
+    return c.max_concurrent_steps * step + out + 2 * (c.tile_m + c.tile_n) * 4 + 1024
+
+
+def _transforms(minor_elems: int, dtype, what: str):
+    bits = jnp.dtype(dtype).itemsize * 8
+    swizzle = plgpu.find_swizzle(minor_elems * bits, what)
+    return (plgpu.TilingTransform((8, swizzle * 8 // bits)), plgpu.SwizzleTransform(swizzle))
+
+
+def _planar_snake(lin, m_iters: int, n_iters: int, minor: str, width: int):
+    dim = 0 if minor == "m" else 1
+    return plgpu.planar_snake(lin, (m_iters, n_iters), dim, width)
+
+
+@functools.partial(jax.jit, static_argnames=("out_dtype", "config", "uniform_n", "num_ctas",
+                                             "interpret"))
+def scaled_matmul_mosaic(a, b, sa, sb, *, out_dtype=jnp.bfloat16,
+                         config: MosaicGemmConfig = MosaicGemmConfig(), uniform_n: bool = False,
+                         num_ctas: int | None = None, interpret: bool = False) -> jax.Array:
+    """a (M, Kp), b (Np, Kp) 8-bit codes; sa (S, M), sb (S, Np) f32 -> y (M, Np) out_dtype.
+
+    uniform_n: sb is constant over each warpgroup tile's tile_n columns (weight blocks of a
+    multiple of tile_n columns, aligned): the promotion reads one weight scale per step.
+    num_ctas: persistent CTAs (default: the device's SM count; interpret mode: 2).
+    `interpret=True` runs GPU interpret mode (any host; epilogue scales only).
+    """
+    m, kp = a.shape
+    np_ = b.shape[0]
+    groups = sa.shape[0]
+    if b.shape != (np_, kp) or b.dtype != a.dtype:
+        raise ValueError(f"b {b.shape} {b.dtype} must be (Np, Kp={kp}) of a's dtype {a.dtype}")
+    if sa.shape != (groups, m) or sb.shape != (groups, np_):
+        raise ValueError(f"scales sa {sa.shape}, sb {sb.shape} must be (S, {m}) and (S, {np_})")
+    if (why := unsupported_reason(element_dtype=a.dtype, kp=kp, np_=np_, groups=groups,
+                                  config=config)) is not None:
+        raise NotImplementedError(why)
+    c = config
+    out_dtype = jnp.dtype(out_dtype)
+    promote = groups > 1
+    is_int = jnp.dtype(a.dtype) == jnp.int8
+    acc_dtype = jnp.int32 if is_int else _F32
+    mp = -(-m // c.cta_m) * c.cta_m
+    a = jnp.pad(a, ((0, mp - m), (0, 0)))
+    sa = jnp.pad(sa.astype(_F32), ((0, 0), (0, mp - m)))
+    sb = sb.astype(_F32)
+    m_iters, n_iters, k_iters = mp // c.cta_m, np_ // c.cta_n, kp // c.tile_k
+    if num_ctas is None:
+        num_ctas = 2 if interpret else getattr(jax.devices()[0], "core_count", _NUM_SMS)
+    num_ctas = max(1, min(num_ctas, m_iters * n_iters))
+    tr_a = _transforms(c.tile_k, a.dtype, "lhs")
+    tr_b = _transforms(c.tile_k, a.dtype, "rhs")
+    tr_o = _transforms(c.epi_tile_n, out_dtype, "out")
+    n_epi = (c.tile_m // c.epi_tile_m) * (c.tile_n // c.epi_tile_n)
+    out_slots = min(2, n_epi)
+
+    def kernel(a_gmem, b_gmem, sa_gmem, sb_gmem, o_gmem, o_smem, sa_smem, sb_smem, s_bar):
+        def get_pipeline(body, context):
+            specs = [plgpu.BlockSpec((c.cta_m, c.tile_k), lambda k: (0, k), transforms=tr_a),
+                     plgpu.BlockSpec((c.cta_n, c.tile_k), lambda k: (0, k), transforms=tr_b)]
+            if promote:
+                specs += [plgpu.BlockSpec((1, c.cta_m), lambda k: (k, 0)),
+                          plgpu.BlockSpec((1, c.cta_n), lambda k: (k, 0))]
+            return plgpu.emit_pipeline_warp_specialized(
+                body, grid=(k_iters,), memory_registers=40, in_specs=specs, wg_axis="wg",
+                num_compute_wgs=2, max_concurrent_steps=c.max_concurrent_steps,
+                compute_context=context)
+
+        ignore = lambda *_, **__: None  # noqa: E731 (allocations do not depend on the body)
+        pipe_args = (a_gmem, b_gmem) + ((sa_gmem, sb_gmem) if promote else ())
+
+        @functools.partial(pl.run_scoped,
+                           allocs=get_pipeline(ignore, ignore).get_allocations(*pipe_args),
+                           collective_axes="wg")
+        def _scope(allocs):
+            wg = lax.axis_index("wg")
+
+            @plgpu.nd_loop((m_iters * n_iters,), collective_axes="tiles")
+            def _tile_loop(info):
+                (lin,) = info.index
+                mi, ni = _planar_snake(lin, m_iters, n_iters, c.grid_minor_dim,
+                                       c.grid_tile_width)
+                cta_m_sl = pl.ds(mi * c.cta_m, c.cta_m)
+                cta_n_sl = pl.ds(ni * c.cta_n, c.cta_n)
+                if c.wg_dim == "m":
+                    wg_m_sl, wg_n_sl = pl.ds(wg * c.tile_m, c.tile_m), slice(None)
+                else:
+                    wg_m_sl, wg_n_sl = slice(None), pl.ds(wg * c.tile_n, c.tile_n)
+
+                def partial_product(a_smem, b_smem, acc_ref):
+                    plgpu.wgmma(acc_ref, a_smem.at[wg_m_sl],
+                                b_smem.at[wg_n_sl].transpose((1, 0)))
+
+                def epilogue(y):
+                    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+                    for ei in range(c.tile_m // c.epi_tile_m):
+                        for ej in range(c.tile_n // c.epi_tile_n):
+                            e_m = slice(ei * c.epi_tile_m, (ei + 1) * c.epi_tile_m)
+                            e_n = slice(ej * c.epi_tile_n, (ej + 1) * c.epi_tile_n)
+                            slot = (ei * (c.tile_n // c.epi_tile_n) + ej) % out_slots
+                            plgpu.wait_smem_to_gmem(1, wait_read_only=True)
+                            o_smem[wg, slot] = y[e_m, e_n]
+                            plgpu.commit_smem()
+                            plgpu.copy_smem_to_gmem(
+                                o_smem.at[wg, slot],
+                                o_gmem.at[cta_m_sl, cta_n_sl].at[wg_m_sl, wg_n_sl].at[e_m, e_n])
+
+                if promote:
+                    def context(run):
+                        def acc_scope(acc_ref):
+                            total = run((acc_ref, jnp.zeros((c.tile_m, c.tile_n), _F32)))[1]
+                            epilogue(total.astype(out_dtype))
+                        pl.run_scoped(acc_scope, plgpu.ACC((c.tile_m, c.tile_n), acc_dtype))
+
+                    def body(_, a_smem, b_smem, sa_step, sb_step, carry):
+                        acc_ref, total = carry
+                        # A fresh accumulator per step, zeroed right before its wgmma: zeroing
+                        # it after the read instead (a loop-carried zero) cost 25% (H200).
+                        acc_ref[...] = jnp.zeros((c.tile_m, c.tile_n), acc_dtype)
+                        partial_product(a_smem, b_smem, acc_ref)
+                        plgpu.wgmma_wait(0)
+                        part = acc_ref[...]
+                        s_m = sa_step[0, wg_m_sl]
+                        if uniform_n:  # one weight scale per warpgroup tile: one FMA per output
+                            s_n = sb_step[0, 0 if c.wg_dim == "m" else wg * c.tile_n]
+                            return acc_ref, total + part.astype(_F32) * (s_m * s_n)[:, None]
+                        s_n = sb_step[0, wg_n_sl]
+                        return acc_ref, total + part.astype(_F32) * s_m[:, None] * s_n[None, :]
+                else:
+                    def context(run):
+                        def acc_scope(acc_ref):
+                            # The scales' copies overlap the K loop.
+                            plgpu.copy_gmem_to_smem(
+                                sa_gmem.at[0, cta_m_sl].at[wg_m_sl], sa_smem.at[wg], s_bar.at[wg])
+                            plgpu.copy_gmem_to_smem(
+                                sb_gmem.at[0, cta_n_sl].at[wg_n_sl], sb_smem.at[wg], s_bar.at[wg])
+                            run(acc_ref)
+                            acc = acc_ref[...].astype(_F32)
+                            plgpu.barrier_wait(s_bar.at[wg])
+                            s_m = sa_smem[wg]
+                            s_n = sb_smem[wg]
+                            epilogue((acc * s_m[:, None] * s_n[None, :]).astype(out_dtype))
+                        pl.run_scoped(acc_scope, plgpu.ACC((c.tile_m, c.tile_n), acc_dtype))
+
+                    def body(_, a_smem, b_smem, acc_ref):
+                        partial_product(a_smem, b_smem, acc_ref)
+                        plgpu.wgmma_wait(0)
+                        return acc_ref
+
+                ops = (a_gmem.at[cta_m_sl], b_gmem.at[cta_n_sl])
+                if promote:
+                    ops += (sa_gmem.at[:, cta_m_sl], sb_gmem.at[:, cta_n_sl])
+                get_pipeline(body, context)(*ops, allocations=allocs)
+
+        plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+    call = plgpu.kernel(
+        kernel,
+        out_type=jax.ShapeDtypeStruct((mp, np_), out_dtype),
+        grid=(num_ctas,),
+        grid_names=("tiles",),
+        num_threads=3,
+        thread_name="wg",
+        scratch_types=[
+            plgpu.SMEM((2, out_slots, c.epi_tile_m, c.epi_tile_n), out_dtype, transforms=tr_o),
+            plgpu.SMEM((2, c.tile_m), _F32),
+            plgpu.SMEM((2, c.tile_n), _F32),
+            plgpu.Barrier(num_arrivals=2, num_barriers=2),
+        ],
+        compiler_params=plgpu.CompilerParams(
+            lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
+        interpret=plgpu.InterpretGPUParams() if interpret else None,
+        kernel_name="scaled_matmul_mosaic",
+    )
+    return call(a, b, sa, sb)[:m]
