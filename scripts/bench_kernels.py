@@ -117,7 +117,7 @@ def bench_weight_only(args) -> tuple[list[Row], list[dict]]:
             ws += [testing.random_weight(jax.random.key(100 + i), case, k, n, layout=layout)
                    for i in range(1, bench_util.copies_needed(nbytes))]
             st = _static(ws[0])
-            impls = [i for i in args.impls if i != "mosaic" or layout == "kn"]
+            impls = [i for i in args.impls if i != "mosaic" or layout in ("kn", "nk")]
             fns = {impl: jax.jit(lambda x, v, s, z, g, impl=impl: weight_only_matmul(
                 x, v, s, z, g, **st, impl=impl)) for impl in impls}
             fns["xla-convert"] = jax.jit(lambda x, v, s, z, g: weight_only_matmul_reference(
@@ -466,7 +466,8 @@ def _parse(argv):
     p.add_argument("--shapes", default=None, help="KxN list, e.g. 8192x28672,14336x4096")
     p.add_argument("--ms", default=None, help="M list, e.g. 1,16,1024")
     p.add_argument("--impls", default="triton",
-                   help="our impls to time, e.g. triton,pallas,mosaic (mosaic: 'kn' layout only)")
+                   help="our impls to time, e.g. triton,pallas,mosaic,auto (mosaic: 'kn', and "
+                        "'nk' int8 per channel)")
     p.add_argument("--no-torch", dest="torch", action="store_false")
     p.add_argument("--no-mgpu", dest="mgpu", action="store_false")
     p.add_argument("--sweep", action="store_true", help="time tile variants (triton) instead")

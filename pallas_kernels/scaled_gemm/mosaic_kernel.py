@@ -1,10 +1,15 @@
-"""8-bit scaled GEMM for Hopper on the Mosaic GPU Pallas backend (`plgpu`): fp8 or int8
-tensor cores, per-token x per-channel scales in the epilogue or per-K-group promotion.
+"""Scaled GEMM for Hopper on the Mosaic GPU Pallas backend (`plgpu`): fp8 or int8 tensor
+cores, per-token x per-channel scales in the epilogue or per-K-group promotion; and the mixed
+int8 x bf16/f16 product that weight-only int8 prefill computes as y^T = W x^T.
 
     y[m, j] = sum_g sa[g, m] * sb[g, j] * sum_{k in group g} a[m, k] * b[j, k]
 
 a (M, K) and b (N, K) hold 8-bit codes (float8_e4m3fn or int8, both K-major, the
-weight in the "nk" layout); sa (S, M) and sb (S, N) are f32 with S scale groups along K:
+weight in the "nk" layout), or a holds int8 codes and b bf16/f16 values (mixed: each
+compute warpgroup loads its a tile from shared memory into registers, converts it to b's
+dtype and issues wgmma with it as the register operand, as JAX's
+`hopper_mixed_type_matmul_mgpu` does; epilogue scales only); sa (S, M) and sb (S, N) are
+f32 with S scale groups along K:
 S == 1 is per-token x per-channel (W8A8), S == K / tile_k is DeepSeek-V3-style promotion
 (activation tiles 1 x G, weight blocks G x block_n, G = tile_k; the weight's per-block scale
 is repeated along its block_n columns by the caller, `api`).
@@ -46,6 +51,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 ELEMENT_DTYPES = (jnp.dtype(jnp.float8_e4m3fn), jnp.dtype(jnp.int8))
+MIXED_B_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))  # with int8 a
 _F32 = jnp.float32
 _DIMS = ("m", "n")
 _NUM_SMS = 132  # H100 SXM / H200: the persistent grid where the device does not say
@@ -94,12 +100,22 @@ class MosaicGemmConfig:
 
 
 def unsupported_reason(*, element_dtype, kp: int, np_: int, groups: int,
-                       config: MosaicGemmConfig) -> str | None:
+                       config: MosaicGemmConfig, b_dtype=None, out_dtype=jnp.bfloat16,
+                       interpret: bool = False) -> str | None:
     """Why the kernel cannot take these operands (None when it can). groups: S, the number
-    of scale groups along K (1, or kp // tile_k)."""
+    of scale groups along K (1, or kp // tile_k); b_dtype: b's dtype when it differs from
+    a's element dtype (the mixed product)."""
     edt = jnp.dtype(element_dtype)
     if edt not in ELEMENT_DTYPES:
         return f"element dtype {edt} not in {ELEMENT_DTYPES} for the Mosaic GPU scaled GEMM"
+    if b_dtype is not None and jnp.dtype(b_dtype) != edt:
+        if edt != jnp.int8 or jnp.dtype(b_dtype) not in MIXED_B_DTYPES:
+            return f"mixed operands need int8 a and b in {MIXED_B_DTYPES}; got {edt} x {jnp.dtype(b_dtype)}"
+        if groups != 1:
+            return "the mixed int8 x 16-bit product takes epilogue scales only (groups == 1)"
+        if interpret:
+            return ("the mixed product's register-operand wgmma does not run in Mosaic GPU "
+                    "interpret mode (jax 0.11.2); it lowers natively")
     if kp % config.tile_k:
         return f"Kp={kp} must be a multiple of tile_k={config.tile_k}"
     if np_ % config.cta_n:
@@ -107,7 +123,8 @@ def unsupported_reason(*, element_dtype, kp: int, np_: int, groups: int,
     if groups not in (1, kp // config.tile_k):
         return (f"{groups} scale groups along Kp={kp}: the kernel promotes once per "
                 f"tile_k={config.tile_k} step (groups = {kp // config.tile_k}) or scales once (1)")
-    if (need := smem_bytes(config, edt)) > _SMEM_LIMIT:
+    need = smem_bytes(config, edt, jnp.dtype(out_dtype).itemsize, b_dtype, promote=groups > 1)
+    if need > _SMEM_LIMIT:
         return f"the tiles need ~{need} bytes of shared memory > {_SMEM_LIMIT}"
     return None
 
@@ -115,10 +132,15 @@ def unsupported_reason(*, element_dtype, kp: int, np_: int, groups: int,
 _SMEM_LIMIT = 232448  # Hopper's per-block maximum (opt-in), as Mosaic GPU reports it
 
 
-def smem_bytes(config: MosaicGemmConfig, element_dtype, out_itemsize: int = 2) -> int:
+def smem_bytes(config: MosaicGemmConfig, element_dtype, out_itemsize: int = 2,
+               b_dtype=None, promote: bool = False) -> int:
+    """Estimated shared memory of one CTA (Mosaic GPU's own check at lowering is final): the
+    pipeline ring, the output pieces, the epilogue scales."""
     c = config
-    step = (c.cta_m + c.cta_n) * c.tile_k * jnp.dtype(element_dtype).itemsize
-    step += (c.cta_m + c.cta_n) * 4  # one row of sa and sb (promotion)
+    b_size = jnp.dtype(b_dtype or element_dtype).itemsize
+    step = (c.cta_m * jnp.dtype(element_dtype).itemsize + c.cta_n * b_size) * c.tile_k
+    if promote:  # one row of sa and of sb per step, each stored as an 8-row tile
+        step += 8 * (c.cta_m + c.cta_n) * 4
     out = 2 * 2 * c.epi_tile_m * c.epi_tile_n * out_itemsize
     return c.max_concurrent_steps * step + out + 2 * (c.tile_m + c.tile_n) * 4 + 1024
 
@@ -139,7 +161,8 @@ def _planar_snake(lin, m_iters: int, n_iters: int, minor: str, width: int):
 def scaled_matmul_mosaic(a, b, sa, sb, *, out_dtype=jnp.bfloat16,
                          config: MosaicGemmConfig = MosaicGemmConfig(), uniform_n: bool = False,
                          num_ctas: int | None = None, interpret: bool = False) -> jax.Array:
-    """a (M, Kp), b (Np, Kp) 8-bit codes; sa (S, M), sb (S, Np) f32 -> y (M, Np) out_dtype.
+    """a (M, Kp), b (Np, Kp) 8-bit codes (or int8 a, bf16/f16 b); sa (S, M), sb (S, Np) f32
+    -> y (M, Np) out_dtype.
 
     uniform_n: sb is constant over each warpgroup tile's tile_n columns (weight blocks of a
     multiple of tile_n columns, aligned): the promotion reads one weight scale per step.
@@ -149,18 +172,19 @@ def scaled_matmul_mosaic(a, b, sa, sb, *, out_dtype=jnp.bfloat16,
     m, kp = a.shape
     np_ = b.shape[0]
     groups = sa.shape[0]
-    if b.shape != (np_, kp) or b.dtype != a.dtype:
-        raise ValueError(f"b {b.shape} {b.dtype} must be (Np, Kp={kp}) of a's dtype {a.dtype}")
+    if b.shape != (np_, kp):
+        raise ValueError(f"b {b.shape} must be (Np, Kp={kp})")
     if sa.shape != (groups, m) or sb.shape != (groups, np_):
         raise ValueError(f"scales sa {sa.shape}, sb {sb.shape} must be (S, {m}) and (S, {np_})")
     if (why := unsupported_reason(element_dtype=a.dtype, kp=kp, np_=np_, groups=groups,
-                                  config=config)) is not None:
+                                  config=config, b_dtype=b.dtype, out_dtype=out_dtype,
+                                  interpret=interpret)) is not None:
         raise NotImplementedError(why)
     c = config
     out_dtype = jnp.dtype(out_dtype)
     promote = groups > 1
-    is_int = jnp.dtype(a.dtype) == jnp.int8
-    acc_dtype = jnp.int32 if is_int else _F32
+    mixed = b.dtype != a.dtype
+    acc_dtype = jnp.int32 if jnp.dtype(b.dtype) == jnp.int8 else _F32
     mp = -(-m // c.cta_m) * c.cta_m
     a = jnp.pad(a, ((0, mp - m), (0, 0)))
     sa = jnp.pad(sa.astype(_F32), ((0, 0), (0, mp - m)))
@@ -170,7 +194,7 @@ def scaled_matmul_mosaic(a, b, sa, sb, *, out_dtype=jnp.bfloat16,
         num_ctas = 2 if interpret else getattr(jax.devices()[0], "core_count", _NUM_SMS)
     num_ctas = max(1, min(num_ctas, m_iters * n_iters))
     tr_a = _transforms(c.tile_k, a.dtype, "lhs")
-    tr_b = _transforms(c.tile_k, a.dtype, "rhs")
+    tr_b = _transforms(c.tile_k, b.dtype, "rhs")
     tr_o = _transforms(c.epi_tile_n, out_dtype, "out")
     n_epi = (c.tile_m // c.epi_tile_m) * (c.tile_n // c.epi_tile_n)
     out_slots = min(2, n_epi)
@@ -209,6 +233,10 @@ def scaled_matmul_mosaic(a, b, sa, sb, *, out_dtype=jnp.bfloat16,
                     wg_m_sl, wg_n_sl = slice(None), pl.ds(wg * c.tile_n, c.tile_n)
 
                 def partial_product(a_smem, b_smem, acc_ref):
+                    if mixed:  # the upcast tile is wgmma's register operand
+                        a_tile = a_smem[wg_m_sl].astype(b.dtype)
+                        plgpu.wgmma(acc_ref, a_tile, b_smem.at[wg_n_sl].transpose((1, 0)))
+                        return
                     plgpu.wgmma(acc_ref, a_smem.at[wg_m_sl],
                                 b_smem.at[wg_n_sl].transpose((1, 0)))
 

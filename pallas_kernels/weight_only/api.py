@@ -7,12 +7,16 @@ block scales [+ zeros] [+ global scale]) and only x is a float array. Implementa
     "pallas"  `pallas_kernel.py`: BlockSpec Pallas kernel; `interpret=True` runs it anywhere.
     "triton"  `triton_kernel.py` + `triton_decode.py`: raw Triton via jax-triton, NVIDIA GPUs
               only (the fast path; tiles from the per-device tuned table or the heuristic).
-    "mosaic"  `mosaic_kernel.py`: Mosaic GPU (wgmma) prefill GEMM for int8/int4/uint4; runs in
-              GPU interpret mode on CPU and its native lowering for CUDA is checked there too;
-              explicit only ("auto" never picks it: on H200 it ran at 0.65x XLA's bf16 dot for
-              int8 and 0.36x for int4-g128 at M=1024, below the XLA route).
-    "auto"    on GPU: M >= XLA_PREFILL_MIN_M (prefill) -> the weight dequantized to x's dtype
-              in one pass, then XLA's GEMM (`weight_only_matmul_reference(..., convert=True,
+    "mosaic"  `mosaic_kernel.py`: Mosaic GPU (wgmma) prefill GEMMs. int8 per-channel "nk"
+              weights: y^T = W x^T on the warp-specialized scaled GEMM with the int8 tile as
+              wgmma's register operand (native only). "kn" int8/int4/uint4: a one-warpgroup
+              kernel that dequantizes into shared memory; runs in GPU interpret mode on CPU;
+              explicit only (0.65x XLA's bf16 dot for int8 and 0.36x for int4-g128 at M=1024
+              on H200, below the XLA route).
+    "auto"    on GPU: M >= XLA_PREFILL_MIN_M (prefill) -> int8 per-channel "nk" weights: the
+              register-operand Mosaic kernel (0.77-0.93x XLA's bf16 dot at M=1024 on H100,
+              against 0.65-0.68x for the route); other weights: dequantized to x's dtype in one
+              pass, then XLA's GEMM (`weight_only_matmul_reference(..., convert=True,
               materialize=True)`; the measurements behind it are at `config.XLA_PREFILL_MIN_M`);
               else triton, else pallas, else xla; off GPU: xla. Each fallback logs its reason
               once (logging, module logger).
@@ -67,7 +71,8 @@ def unsupported_reason(x_shape, x_dtype, *, element_dtype, scale_dtype, block_k:
                        block_n: int, layout: str, k: int, n: int, impl: str,
                        interpret: bool = False, kp: int | None = None,
                        np_: int | None = None, config: TileConfig | None = None,
-                       has_global_scale: bool = False) -> str | None:
+                       has_global_scale: bool = False, has_zeros: bool = False,
+                       out_dtype=None) -> str | None:
     """Why `impl` cannot compute this product (None when it can). kp/np_ default to the
     smallest padding the contract allows."""
     if impl not in IMPLS:
@@ -93,6 +98,14 @@ def unsupported_reason(x_shape, x_dtype, *, element_dtype, scale_dtype, block_k:
                           block_k=block_k, block_n=block_n, layout=layout, k=k, n=n, kp=kp, np_=np_)
     except ValueError as e:
         return str(e)
+    if impl == "mosaic" and _register_lhs_weight(element_dtype, block_k, block_n, layout, kp):
+        why = mosaic_kernel.register_lhs_reason(
+            element_dtype=element_dtype, x_dtype=x_dtype, block_k=block_k, block_n=block_n,
+            layout=layout, kp=kp, np_=np_, out_dtype=out_dtype, has_zeros=has_zeros,
+            has_global_scale=has_global_scale, interpret=interpret)
+        if why is None and not _on_gpu():
+            why = "impl='mosaic' runs natively only on a Hopper GPU"
+        return why
     if impl == "mosaic":
         why = mosaic_kernel.unsupported_reason(
             element_dtype=element_dtype, block_k=block_k, block_n=block_n, layout=layout, kp=kp,
@@ -140,6 +153,12 @@ def unsupported_reason(x_shape, x_dtype, *, element_dtype, scale_dtype, block_k:
     return None
 
 
+def _register_lhs_weight(element_dtype, block_k: int, block_n: int, layout: str, kp: int) -> bool:
+    """int8 per-channel "nk": the weight `mosaic_kernel.weight_only_matmul_register_lhs` takes."""
+    return (jnp.dtype(element_dtype) == jnp.int8 and layout == "nk" and block_k >= kp
+            and block_n == 1)
+
+
 def _mosaic_config(config, element_dtype) -> mosaic_kernel.MosaicConfig:
     """`config` may be a MosaicConfig; a TileConfig's tile sizes carry over; None:
     `mosaic_kernel.default_config`."""
@@ -165,6 +184,9 @@ def _reads_mma(impl: str, x, config, element_dtype, block_k: int, block_n: int, 
 
 def _kernel_call(x, values, scales, zeros, global_scale, *, chosen, spec, cfg, out_dtype,
                  interpret):
+    if chosen == "mosaic" and spec.layout == "nk":
+        return mosaic_kernel.weight_only_matmul_register_lhs(x, values, scales, n=spec.n,
+                                                             out_dtype=out_dtype)
     if chosen == "mosaic":
         return mosaic_kernel.weight_only_matmul_mosaic(
             x, values, scales, zeros, element_dtype=spec.element_dtype, block_k=spec.block_k,
@@ -241,8 +263,19 @@ def weight_only_matmul(x, values, scales, zeros=None, global_scale=None, *, elem
         raise ValueError(f"zeros {zeros.shape} {zeros.dtype} must match scales {scales.shape} {scales.dtype}")
     facts = dict(element_dtype=element_dtype, block_k=block_k, block_n=block_n, layout=layout,
                  k=k, n=n, out_dtype=out_dtype)
-    if (impl == "auto" and config is None and x.shape[0] >= XLA_PREFILL_MIN_M and _on_gpu()
-            and jnp.dtype(x.dtype) in X_DTYPES):
+    prefill = (impl == "auto" and config is None and x.shape[0] >= XLA_PREFILL_MIN_M
+               and _on_gpu() and jnp.dtype(x.dtype) in X_DTYPES)
+    if prefill and _register_lhs_weight(element_dtype, block_k, block_n, layout, kp):
+        why = mosaic_kernel.register_lhs_reason(
+            element_dtype=element_dtype, x_dtype=x.dtype, block_k=block_k, block_n=block_n,
+            layout=layout, kp=kp, np_=np_, out_dtype=out_dtype, has_zeros=zeros is not None,
+            has_global_scale=global_scale is not None)
+        if why is None:
+            return mosaic_kernel.weight_only_matmul_register_lhs(
+                x, values, scales, n=n, out_dtype=out_dtype).reshape(*lead, n)
+        _log_once(f"weight_only_matmul: prefill of an int8 per-channel weight takes the XLA "
+                  f"route: {why}")
+    if prefill:
         _log_once(f"weight_only_matmul: M >= {XLA_PREFILL_MIN_M} uses XLA: the weight dequantized "
                   f"to {jnp.dtype(x.dtype)} in one pass, then XLA's GEMM (faster than the prefill "
                   f"kernels from M=512: H200, BENCHMARKS.md session 8)")
@@ -254,7 +287,8 @@ def weight_only_matmul(x, values, scales, zeros=None, global_scale=None, *, elem
         values, layout = blocks.mma_to_nk(values, element_dtype), "nk"
     kw = dict(element_dtype=element_dtype, scale_dtype=scales.dtype, block_k=block_k,
               block_n=block_n, layout=layout, k=k, n=n, kp=kp, np_=np_, config=config,
-              has_global_scale=global_scale is not None)
+              has_global_scale=global_scale is not None, has_zeros=zeros is not None,
+              out_dtype=out_dtype)
     chosen = impl
     if impl == "auto":
         why = unsupported_reason(x.shape, x.dtype, impl="auto", interpret=interpret, **kw)

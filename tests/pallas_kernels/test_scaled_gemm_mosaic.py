@@ -100,7 +100,7 @@ def test_unsupported_reasons():
         api.scaled_matmul(xv, xs, wv, ws, impl="mosaic", interpret=True,
                           config=api.GemmConfig(), **kw)
     # Kernel-level facts.
-    big = MosaicGemmConfig(tile_m=128, tile_n=128, wg_dim="n", max_concurrent_steps=4)
+    big = MosaicGemmConfig(tile_m=128, tile_n=128, wg_dim="n", max_concurrent_steps=5)
     assert "shared memory" in unsupported_reason(element_dtype=jnp.int8, kp=1024, np_=1024,
                                                  groups=1, config=big)
     assert "multiple of the CTA tile's N=256" in unsupported_reason(

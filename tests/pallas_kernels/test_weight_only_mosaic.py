@@ -135,3 +135,66 @@ def test_lowers_for_cuda_without_a_gpu(case, config):
     x = jax.ShapeDtypeStruct((300, k), jnp.bfloat16)
     text = f.trace(x, w["values"], w["scales"], w["zeros"]).lower(lowering_platforms=("cuda",)).as_text()
     assert "mosaic_gpu" in text
+
+
+# ---------------------------------------------------------------------------------------
+# int8 per-channel "nk" weights: y^T = W x^T with the int8 tile as wgmma's register operand
+# (`weight_only_matmul_register_lhs`, through the scaled GEMM's warp-specialized kernel).
+# Native only: jax 0.11.2's interpreter has no register-operand wgmma. On CPU the native
+# lowering is checked; on a GPU the result.
+
+def _nk_int8(k, n, seed=0, zeros=False):
+    case = dataclasses.replace(testing.CASES_BY_LABEL["int8"], zeros=zeros)
+    return testing.random_weight(jax.random.key(seed), case, k, n, layout="nk")
+
+
+def test_register_lhs_lowers_for_cuda_and_auto_takes_it_at_prefill(monkeypatch):
+    from pallas_kernels.weight_only import api
+    monkeypatch.setattr(api, "_on_gpu", lambda: True)
+    k, n = 1024, 384  # Np = 3 CTA tiles of 128 weight rows
+    w = _nk_int8(k, n)
+    static = dict(element_dtype=w["element_dtype"], block_k=w["block_k"], block_n=1,
+                  layout="nk", k=k, n=n)
+    x = jax.ShapeDtypeStruct((600, k), jnp.bfloat16)  # M >= XLA_PREFILL_MIN_M: prefill
+    for impl in ("mosaic", "auto"):
+        f = jax.jit(lambda x, v, s: api.weight_only_matmul(x, v, s, impl=impl, **static))
+        text = f.trace(x, w["values"], w["scales"]).lower(lowering_platforms=("cuda",)).as_text()
+        assert "mosaic_gpu" in text, impl
+
+
+def test_register_lhs_reasons(monkeypatch):
+    from pallas_kernels.weight_only import api
+    w = _nk_int8(256, 256)
+    static = dict(element_dtype=w["element_dtype"], block_k=w["block_k"], block_n=1,
+                  layout="nk", k=256, n=256)
+    x = jnp.ones((8, 256), jnp.bfloat16)
+    with pytest.raises(NotImplementedError, match="interpret mode"):
+        api.weight_only_matmul(x, w["values"], w["scales"], impl="mosaic", interpret=True, **static)
+    monkeypatch.setattr(api, "_on_gpu", lambda: True)
+    wz = _nk_int8(256, 256, zeros=True)
+    with pytest.raises(NotImplementedError, match="symmetric"):
+        api.weight_only_matmul(x, wz["values"], wz["scales"], wz["zeros"], impl="mosaic", **static)
+    w96 = _nk_int8(256, 96)
+    with pytest.raises(NotImplementedError, match="multiple of 128"):
+        api.weight_only_matmul(x, w96["values"], w96["scales"], impl="mosaic",
+                               **dict(static, n=96))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m,k,n", [(1000, 4096, 1024), (600, 1024, 14336), (2048, 14336, 4096)])
+def test_register_lhs_matches_reference_gpu(m, k, n):
+    from pallas_kernels.weight_only import api
+    w = _nk_int8(k, n, seed=m)
+    static = dict(element_dtype=w["element_dtype"], block_k=w["block_k"], block_n=1,
+                  layout="nk", k=k, n=n)
+    x = jax.random.normal(jax.random.key(m + 1), (m, k), jnp.float32).astype(jnp.bfloat16)
+    ref = weight_only_matmul_reference(x, w["values"], w["scales"], None, out_dtype=jnp.float32,
+                                       **static)
+    for impl in ("mosaic", "auto"):
+        f = jax.jit(lambda x, v, s: api.weight_only_matmul(x, v, s, impl=impl,
+                                                           out_dtype=jnp.float32, **static))
+        assert "mosaic_gpu" in f.lower(x, w["values"], w["scales"]).as_text(), impl
+        out = np.asarray(f(x, w["values"], w["scales"]))
+        ref_ = np.asarray(ref)
+        # int8 codes are exact in bf16 and the scale is applied in f32: f32 summation order.
+        assert np.linalg.norm(out - ref_) / np.linalg.norm(ref_) <= 1e-5, impl
