@@ -26,17 +26,22 @@ Epilogue mode (S == 1)
 Promotion mode (S == K / tile_k)
     fp8 tensor cores accumulate with reduced precision (DeepSeek-V3 measured ~14 bits), and
     block scales change along K anyway, so each step's product goes into a fresh
-    accumulator, which the compute warpgroup waits for and adds, scaled by sa x sb, into an
-    f32 sum held in registers. While one compute warpgroup waits and promotes, the other's
-    `wgmma` keeps the tensor cores busy: this overlap is what Triton 3.6 could not express
-    (it waits on every wgmma; BENCHMARKS.md session 7), and what DeepGEMM does in CUDA.
+    accumulator (zeroed right before its wgmma: a zero carried from the previous step made
+    ptxas fence every wgmma again and cost 25%), which the compute warpgroup waits for and
+    adds, scaled by sa x sb, into an f32 sum held in registers (one FMA per output when a
+    warpgroup tile lies in one weight block, `uniform_n`). While one compute warpgroup waits
+    and promotes, the other's `wgmma` keeps the tensor cores busy: this overlap is what
+    Triton 3.6 could not express (it waits on every wgmma; BENCHMARKS.md session 7), and what
+    DeepGEMM does in CUDA.
 
 The output tile is written through shared memory by TMA in epi_tile_m x epi_tile_n pieces.
-int8 codes accumulate exactly in int32 (converted to f32 only for the scaling).
+int8 x int8 accumulates exactly in int32 (converted to f32 only for the scaling).
 
 Limits: M is padded here to whole CTA tiles; N and K must be multiples of the CTA tile's N
-and of tile_k (`unsupported_reason`). GPU interpret mode (`interpret=True`) runs it on any
-host, which is how CI tests it.
+and of tile_k (`unsupported_reason`). GPU interpret mode (`interpret=True`, any host) runs
+the epilogue mode of the 8-bit product, which is how CI tests it; jax 0.11.2's interpreter
+can neither store into a WGMMA accumulator (promotion) nor take a register operand (mixed),
+so CI lowers those natively for CUDA and the GPU tests run them.
 """
 
 from __future__ import annotations
@@ -124,12 +129,12 @@ def unsupported_reason(*, element_dtype, kp: int, np_: int, groups: int,
         return (f"{groups} scale groups along Kp={kp}: the kernel promotes once per "
                 f"tile_k={config.tile_k} step (groups = {kp // config.tile_k}) or scales once (1)")
     need = smem_bytes(config, edt, jnp.dtype(out_dtype).itemsize, b_dtype, promote=groups > 1)
-    if need > _SMEM_LIMIT:
-        return f"the tiles need ~{need} bytes of shared memory > {_SMEM_LIMIT}"
+    if need > SMEM_LIMIT:
+        return f"the tiles need ~{need} bytes of shared memory > {SMEM_LIMIT}"
     return None
 
 
-_SMEM_LIMIT = 232448  # Hopper's per-block maximum (opt-in), as Mosaic GPU reports it
+SMEM_LIMIT = 232448  # Hopper's per-block maximum (opt-in), as Mosaic GPU reports it
 
 
 def smem_bytes(config: MosaicGemmConfig, element_dtype, out_itemsize: int = 2,
@@ -145,7 +150,9 @@ def smem_bytes(config: MosaicGemmConfig, element_dtype, out_itemsize: int = 2,
     return c.max_concurrent_steps * step + out + 2 * (c.tile_m + c.tile_n) * 4 + 1024
 
 
-def _transforms(minor_elems: int, dtype, what: str):
+def smem_transforms(minor_elems: int, dtype, what: str):
+    """TMA/wgmma shared-memory tiling and swizzle for a tile whose minor dimension holds
+    `minor_elems` elements of `dtype` (what: "lhs", "rhs" or "out")."""
     bits = jnp.dtype(dtype).itemsize * 8
     swizzle = plgpu.find_swizzle(minor_elems * bits, what)
     return (plgpu.TilingTransform((8, swizzle * 8 // bits)), plgpu.SwizzleTransform(swizzle))
@@ -193,9 +200,9 @@ def scaled_matmul_mosaic(a, b, sa, sb, *, out_dtype=jnp.bfloat16,
     if num_ctas is None:
         num_ctas = 2 if interpret else getattr(jax.devices()[0], "core_count", _NUM_SMS)
     num_ctas = max(1, min(num_ctas, m_iters * n_iters))
-    tr_a = _transforms(c.tile_k, a.dtype, "lhs")
-    tr_b = _transforms(c.tile_k, b.dtype, "rhs")
-    tr_o = _transforms(c.epi_tile_n, out_dtype, "out")
+    tr_a = smem_transforms(c.tile_k, a.dtype, "lhs")
+    tr_b = smem_transforms(c.tile_k, b.dtype, "rhs")
+    tr_o = smem_transforms(c.epi_tile_n, out_dtype, "out")
     n_epi = (c.tile_m // c.epi_tile_m) * (c.tile_n // c.epi_tile_n)
     out_slots = min(2, n_epi)
 

@@ -115,12 +115,11 @@ def unsupported_reason(*, element_dtype, block_k: int, block_n: int = 1, layout:
     if block_k < kp and (min(block_k, tk) // halves) % 64:
         return (f"{block_k=}: a scale group must cover whole 64-row register tiles of the "
                 f"decoded weight (group >= {64 * halves} here)")
-    if (need := _smem_bytes(config, halves)) > _SMEM_LIMIT:
-        return f"the tiles need ~{need} bytes of shared memory > {_SMEM_LIMIT}: use smaller tiles"
+    if (need := _smem_bytes(config, halves)) > scaled_mosaic.SMEM_LIMIT:
+        return f"the tiles need ~{need} bytes of shared memory > {scaled_mosaic.SMEM_LIMIT}: use smaller tiles"
     return None
 
 
-_SMEM_LIMIT = 232448  # Hopper's per-block maximum (opt-in), as Mosaic GPU reports it
 
 
 def _smem_bytes(config: MosaicConfig, halves: int) -> int:
@@ -147,12 +146,6 @@ def _permute_x(x: jax.Array, tile_k: int) -> jax.Array:
     m, kp = x.shape
     x = x.reshape(m, kp // tile_k, tile_k // 2, 2)
     return x.swapaxes(-1, -2).reshape(m, kp)
-
-
-def _smem_transforms(minor_elems: int, dtype, what: str):
-    bits = jnp.dtype(dtype).itemsize * 8
-    swizzle = plgpu.find_swizzle(minor_elems * bits, what)
-    return (plgpu.TilingTransform((8, swizzle * 8 // bits)), plgpu.SwizzleTransform(swizzle))
 
 
 @functools.partial(jax.jit, static_argnames=(
@@ -192,9 +185,9 @@ def weight_only_matmul_mosaic(x, values, scales, zeros=None, *, element_dtype, b
     g_rows = min(block_k, tk) // halves
     k_iters = kp // tk
 
-    x_tr = _smem_transforms(tk, wdt, "lhs")
-    w_tr = _smem_transforms(tn, wdt, "rhs")
-    o_tr = _smem_transforms(tn, out_dtype, "out")
+    x_tr = scaled_mosaic.smem_transforms(tk, wdt, "lhs")
+    w_tr = scaled_mosaic.smem_transforms(tn, wdt, "rhs")
+    o_tr = scaled_mosaic.smem_transforms(tn, out_dtype, "out")
 
     def kernel(*refs):
         x_gmem, v_gmem, s_gmem, *rest = refs
