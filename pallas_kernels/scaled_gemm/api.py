@@ -18,9 +18,9 @@ impl:
             per-token x per-channel scales or one promotion per K step); natively on a
             Hopper GPU, or interpreted with `interpret=True` (epilogue scales only); raises
             with the reason if it cannot run.
-  "auto"    on GPU: mosaic, else triton, else pallas, else xla (MX formats: xla, measured
-            fastest on Hopper); off GPU: pallas when interpret=True, else xla. Each fallback
-            logs its reason once.
+  "auto"    on GPU: mosaic, else triton, else pallas, else xla; M <= TRITON_MAX_M (decode)
+            tries triton first; MX formats: xla (measured fastest on Hopper); off GPU: pallas
+            when interpret=True, else xla. Each fallback logs its reason once.
 
 Supported scale groupings (G = min(x_block_k, w_block_k) along K, the promotion group):
 one of x_block_k / w_block_k must divide the other, both must divide Kp, and the tile's
@@ -42,7 +42,8 @@ from pallas_kernels.act_quant import kernel as aq_kernel
 from pallas_kernels.act_quant import reference as aq_ref
 from pallas_kernels.scaled_gemm import kernel as pallas_kernel
 from pallas_kernels.scaled_gemm import mosaic_kernel
-from pallas_kernels.scaled_gemm.config import GemmConfig, choose_config, choose_mosaic_config
+from pallas_kernels.scaled_gemm.config import (TRITON_MAX_M, GemmConfig, choose_config,
+                                               choose_mosaic_config)
 from pallas_kernels.scaled_gemm.mosaic_kernel import MosaicGemmConfig
 from pallas_kernels.scaled_gemm.reference import scaled_matmul_reference
 
@@ -302,7 +303,9 @@ def scaled_matmul(
     common = dict(x_block_k=x_block_k, w_block_k=w_block_k, w_block_n=w_block_n, layout=layout,
                   w_element_dtype=w_element_dtype, k=k, n=n)
     if impl == "auto":
-        order = ("mosaic", "triton", "pallas") if _on_gpu() else (("pallas",) if interpret else ())
+        gpu_order = (("triton", "mosaic", "pallas") if f["m"] <= TRITON_MAX_M
+                     else ("mosaic", "triton", "pallas"))
+        order = gpu_order if _on_gpu() else (("pallas",) if interpret else ())
         chosen, reasons = "xla", []
         if _on_gpu() and f["mx"] and config is None:
             # Measured on H100/H200 (BENCHMARKS.md): XLA's exact bf16 decomposition of MX

@@ -63,6 +63,15 @@ def choose_config(*, m: int, n: int, kp: int, group_k: int, mx: bool, four_bit: 
                       num_stages=4 if bk >= 128 else 5, mode="promote")
 
 
+# impl="auto" on GPU sends scaled products with M <= TRITON_MAX_M to the Triton kernel's
+# small-M tiles, larger ones to the Mosaic GPU kernel. Measured on H100 (BENCHMARKS.md session
+# 9, `h100_scaled_small_m.txt`): at M = 16 and 64 Triton beat the Mosaic kernel's prefill
+# tiles on 8 of 9 recipe x shape pairs (at M = 1 each won some); from M = 512 (Llama-3-8B
+# prefill, the 4096-row GEMMs) the Mosaic kernel won everywhere. M between 65 and 511 is
+# untimed.
+TRITON_MAX_M = 64
+
+
 def choose_mosaic_config(*, kp: int, np_: int, group_k: int) -> MosaicGemmConfig:
     """Tiles of the Mosaic GPU kernel: the fastest measured on H200 (BENCHMARKS.md session 9;
     8192^3, 4096x7168x16384, 4096x14336x4096), narrowed along N where Np needs it.

@@ -6,7 +6,8 @@ CTA tiles along M and N, a persistent grid smaller than the tile count, bf16 and
 the promotion kernels (fp8 1x128 x 128x128, int8 1x32 x 32x32, MXFP8) are lowered natively
 for CUDA here, which runs Mosaic GPU's layout inference and wgmma operand checks (jax
 0.11.2's interpreter cannot store into a WGMMA accumulator, which the promotion does every
-step). GPU (`-m gpu`): every 8-bit recipe natively, real widths, and `impl="auto"` picking it.
+step). GPU (`-m gpu`): every 8-bit recipe natively, real widths, and `impl="auto"` picking it beyond
+decode sizes.
 
 Tolerances (relative Frobenius error vs the f32 reference): as `test_scaled_gemm.py`
 (interpret f32: 2e-7 * sqrt(K); bf16 out 4e-3; GPU int8 1e-5, exact int32 partial sums;
@@ -153,11 +154,15 @@ def test_mosaic_matches_reference_gpu(recipe, m, k, n):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("m", [16, 512])
 @pytest.mark.parametrize("name", ["w8a8-int8", "w8a8-fp8", "fp8-block", "int8-block"])
-def test_auto_picks_mosaic_on_hopper_gpu(name):
-    xv, xs, wv, ws, kw = _operands(name, 512, 1024, 1024)
+def test_auto_picks_mosaic_on_hopper_gpu_beyond_decode(name, m):
+    xv, xs, wv, ws, kw = _operands(name, m, 1024, 1024)
     f = jax.jit(lambda *a: api.scaled_matmul(*a, impl="auto", **kw))
     text = f.lower(xv, xs, wv, ws).as_text()
-    assert "mosaic_gpu" in text and "triton" not in text
+    if m <= api.TRITON_MAX_M:  # decode sizes: Triton's small-M tiles
+        assert "triton" in text and "mosaic_gpu" not in text
+    else:
+        assert "mosaic_gpu" in text and "triton" not in text
     ref = api.scaled_matmul(xv, xs, wv, ws, out_dtype=jnp.float32, impl="xla", **kw)
     assert rel(f(xv, xs, wv, ws).astype(jnp.float32), ref) <= 4e-3
