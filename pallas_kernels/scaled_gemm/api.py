@@ -253,8 +253,8 @@ def _mosaic_reason(f, config, *, layout, w_element_dtype, xs_dtype, interpret) -
         return f"impl='mosaic' takes a MosaicGemmConfig, got {type(config).__name__}"
     if not (_on_gpu() or interpret):
         return "the Mosaic GPU kernel needs a GPU (or interpret=True)"
-    if _on_gpu() and (cc := getattr(jax.devices()[0], "compute_capability", "9.0")) != "9.0":
-        return f"the Mosaic GPU kernel issues Hopper's wgmma (sm_90a); this GPU is sm_{cc}"
+    if (why := mosaic_kernel.device_reason()) is not None:
+        return why
     if layout != "nk" or f["four"]:
         return (f"the Mosaic GPU kernel takes 8-bit weights in the 'nk' layout (K-major, as "
                 f"8-bit wgmma needs); got {layout=}, {jnp.dtype(w_element_dtype)}")

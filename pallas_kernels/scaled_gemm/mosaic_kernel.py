@@ -104,6 +104,17 @@ class MosaicGemmConfig:
         return self.tile_n * (2 if self.wg_dim == "n" else 1)
 
 
+def device_reason() -> str | None:
+    """Why this process's GPU cannot run the kernel (None on Hopper, or off GPU, where only
+    interpret mode and lowering run)."""
+    if jax.default_backend() != "gpu":
+        return None
+    cc = getattr(jax.devices()[0], "compute_capability", "9.0")
+    if cc != "9.0":
+        return f"the Mosaic GPU kernel issues Hopper's wgmma (sm_90a); this GPU is sm_{cc}"
+    return None
+
+
 def unsupported_reason(*, element_dtype, kp: int, np_: int, groups: int,
                        config: MosaicGemmConfig, b_dtype=None, out_dtype=jnp.bfloat16,
                        interpret: bool = False) -> str | None:

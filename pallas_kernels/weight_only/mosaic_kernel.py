@@ -314,6 +314,8 @@ def register_lhs_reason(*, element_dtype, x_dtype, block_k: int, block_n: int, l
     if np_ % config.cta_m:
         return (f"Np={np_} must be a multiple of {config.cta_m} (the CTA's weight rows) for the "
                 f"register-operand kernel")
+    if (why := scaled_mosaic.device_reason()) is not None:
+        return why
     return scaled_mosaic.unsupported_reason(
         element_dtype=jnp.int8, kp=kp, np_=config.cta_n, groups=1, config=config,
         b_dtype=x_dtype, out_dtype=out_dtype, interpret=interpret)
