@@ -18,11 +18,11 @@ import traceback
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from pallas_kernels.scaled_gemm import api
 from pallas_kernels.scaled_gemm.cases import RECIPES, make_operands
 from pallas_kernels.scaled_gemm.mosaic_kernel import MosaicGemmConfig as MC
+from scripts.bench_scaled import rel_err
 from scripts.bench_util import time_call
 
 SHAPES = {"sq8192": (8192, 8192, 8192), "dsv3-o": (4096, 7168, 16384),
@@ -43,11 +43,6 @@ EPILOGUE = [MC(tile_m=128, tile_n=128, wg_dim="n", max_concurrent_steps=3),
 def label(c: MC) -> str:
     return (f"{c.tile_m}x{c.tile_n}x{c.tile_k}/{c.wg_dim} s{c.max_concurrent_steps} "
             f"{c.grid_minor_dim}{c.grid_tile_width}")
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
 def main():

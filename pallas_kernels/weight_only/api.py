@@ -98,7 +98,8 @@ def unsupported_reason(x_shape, x_dtype, *, element_dtype, scale_dtype, block_k:
                           block_k=block_k, block_n=block_n, layout=layout, k=k, n=n, kp=kp, np_=np_)
     except ValueError as e:
         return str(e)
-    if impl == "mosaic" and _register_lhs_weight(element_dtype, block_k, block_n, layout, kp):
+    if impl == "mosaic" and mosaic_kernel.takes_register_lhs(element_dtype, block_k, block_n,
+                                                             layout, kp):
         why = mosaic_kernel.register_lhs_reason(
             element_dtype=element_dtype, x_dtype=x_dtype, block_k=block_k, block_n=block_n,
             layout=layout, kp=kp, np_=np_, out_dtype=out_dtype, has_zeros=has_zeros,
@@ -151,12 +152,6 @@ def unsupported_reason(x_shape, x_dtype, *, element_dtype, scale_dtype, block_k:
         if min(cfg.block_m, cfg.block_n, tk // (2 if spec.four_bit else 1)) < 16 or tk & (tk - 1):
             return f"Pallas-on-GPU (Triton lowering) needs tiles >= 16: {cfg}"
     return None
-
-
-def _register_lhs_weight(element_dtype, block_k: int, block_n: int, layout: str, kp: int) -> bool:
-    """int8 per-channel "nk": the weight `mosaic_kernel.weight_only_matmul_register_lhs` takes."""
-    return (jnp.dtype(element_dtype) == jnp.int8 and layout == "nk" and block_k >= kp
-            and block_n == 1)
 
 
 def _mosaic_config(config, element_dtype) -> mosaic_kernel.MosaicConfig:
@@ -265,7 +260,7 @@ def weight_only_matmul(x, values, scales, zeros=None, global_scale=None, *, elem
                  k=k, n=n, out_dtype=out_dtype)
     prefill = (impl == "auto" and config is None and x.shape[0] >= XLA_PREFILL_MIN_M
                and _on_gpu() and jnp.dtype(x.dtype) in X_DTYPES)
-    if prefill and _register_lhs_weight(element_dtype, block_k, block_n, layout, kp):
+    if prefill and mosaic_kernel.takes_register_lhs(element_dtype, block_k, block_n, layout, kp):
         why = mosaic_kernel.register_lhs_reason(
             element_dtype=element_dtype, x_dtype=x.dtype, block_k=block_k, block_n=block_n,
             layout=layout, kp=kp, np_=np_, out_dtype=out_dtype, has_zeros=zeros is not None,

@@ -34,6 +34,10 @@ Scales (glossary: group = `block_k` elements of K sharing one scale; step = `til
     (code - z) * s, rounded to x.dtype before the wgmma; a step either covers whole
     groups (tile_k % block_k == 0) or lies inside one (block_k % tile_k == 0).
 
+(The second path of this module, at its end: int8 per-channel "nk" weights through the
+warp-specialized scaled GEMM of `pallas_kernels.scaled_gemm.mosaic_kernel`, the int8 tile as
+wgmma's register operand.)
+
 Limits: element dtypes int8/int4/uint4, block_n == 1, no global scale, "kn" layout;
 padded K and N must be multiples of tile_k and tile_n (M is padded here); a step's decoded
 rows and each scale group's rows must be multiples of 64 (4-bit: tile_k=128 and groups of
@@ -299,13 +303,20 @@ def register_lhs_config(out_dtype) -> scaled_mosaic.MosaicGemmConfig:
     return REGISTER_LHS_TILES
 
 
+def takes_register_lhs(element_dtype, block_k: int, block_n: int, layout: str, kp: int) -> bool:
+    """Whether the weight is one the register-operand kernel is for: int8, per channel
+    (one scale block spans Kp, one column per block), stored "nk"."""
+    return (jnp.dtype(element_dtype) == jnp.int8 and layout == "nk" and block_k >= kp
+            and block_n == 1)
+
+
 def register_lhs_reason(*, element_dtype, x_dtype, block_k: int, block_n: int, layout: str,
                         kp: int, np_: int, out_dtype=None, has_zeros: bool = False,
                         has_global_scale: bool = False, interpret: bool = False) -> str | None:
     """Why `weight_only_matmul_register_lhs` cannot take this weight (None when it can)."""
     out_dtype = jnp.dtype(out_dtype or x_dtype)
     config = register_lhs_config(out_dtype)
-    if jnp.dtype(element_dtype) != jnp.int8 or layout != "nk" or block_k < kp or block_n != 1:
+    if not takes_register_lhs(element_dtype, block_k, block_n, layout, kp):
         return (f"the register-operand kernel takes int8 per-channel weights in the 'nk' "
                 f"layout; got {jnp.dtype(element_dtype)}, {block_k=} (Kp={kp}), {block_n=}, "
                 f"{layout=}")
