@@ -219,6 +219,19 @@ def mma_to_nk(values: jax.Array, element_dtype) -> jax.Array:
     return _bytes(_move_fields(w, is_four_bit(element_dtype), False), values.dtype)
 
 
+def stored_k_order(element_dtype, layout: str, count: int) -> np.ndarray:
+    """The K offset held by each of `count` consecutive code fields of a stored row, counted
+    from a 32-bit word boundary (field q: nibble q for 4-bit codes, byte q for 8-bit).
+    "kn"/"nk": q itself. "mma": the fields of each word are reordered by `_MMA_RUN`; its
+    16-row tiles move whole 64-byte chunks, never codes within a row's chunk, so within a
+    chunk this is the whole story."""
+    q = np.arange(count)
+    if layout != "mma":
+        return q
+    run = _MMA_RUN[is_four_bit(element_dtype)]
+    return q - q % len(run) + run[q % len(run)]
+
+
 def decode_values(values: jax.Array, element_dtype, *, k_axis: int) -> jax.Array:
     """Stored values -> f32 elements (unpacking 4-bit ones along `k_axis`)."""
     if is_four_bit(element_dtype):

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pallas_kernels import blocks
-from pallas_kernels.weight_only import weight_only_matmul, weight_only_matmul_reference, testing
+from pallas_kernels.weight_only import mosaic_kernel, testing, weight_only_matmul, weight_only_matmul_reference
 from scripts import bench_util
 
 SHAPES = ((4096, 14336), (14336, 4096), (8192, 28672), (576, 1536))
@@ -117,7 +117,9 @@ def bench_weight_only(args) -> tuple[list[Row], list[dict]]:
             ws += [testing.random_weight(jax.random.key(100 + i), case, k, n, layout=layout)
                    for i in range(1, bench_util.copies_needed(nbytes))]
             st = _static(ws[0])
-            impls = [i for i in args.impls if i != "mosaic" or layout in ("kn", "nk")]
+            impls = [i for i in args.impls if i != "mosaic" or layout == "kn"
+                     or mosaic_kernel.takes_register_lhs(case.element_dtype, st["block_k"], 1,
+                                                         layout, st["k"])]
             fns = {impl: jax.jit(lambda x, v, s, z, g, impl=impl: weight_only_matmul(
                 x, v, s, z, g, **st, impl=impl)) for impl in impls}
             fns["xla-convert"] = jax.jit(lambda x, v, s, z, g: weight_only_matmul_reference(
@@ -467,7 +469,7 @@ def _parse(argv):
     p.add_argument("--ms", default=None, help="M list, e.g. 1,16,1024")
     p.add_argument("--impls", default="triton",
                    help="our impls to time, e.g. triton,pallas,mosaic,auto (mosaic: 'kn', and "
-                        "'nk' int8 per channel)")
+                        "'nk'/'mma' weights of the register-operand kernel)")
     p.add_argument("--no-torch", dest="torch", action="store_false")
     p.add_argument("--no-mgpu", dest="mgpu", action="store_false")
     p.add_argument("--sweep", action="store_true", help="time tile variants (triton) instead")

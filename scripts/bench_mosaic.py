@@ -1,7 +1,8 @@
 """Tile sweep of the Mosaic GPU prefill GEMMs against XLA, one process, on the GPU.
 
     python -m scripts.bench_mosaic [--shapes 8192x28672,4096x14336] [--ms 1024,4096]
-        [--kernels jax-mixed,ours] [--formats int8,int4-g128] [--out DIR]
+        [--kernels jax-mixed,kn,rlhs] [--formats int8,int4-g128] [--layouts mma,nk]
+        [--sweep] [--out DIR]
 
 For each (M, K, N): XLA's bf16 `x @ w`; per format, the `impl="auto"` prefill route
 (dequantized weight written out, then XLA's GEMM: "xla-dequant") and
@@ -9,8 +10,12 @@ XLA's dequantize-to-bf16 pass alone ("dequant-only", with GB/s moved), then ever
 configuration of
   jax-mixed  JAX's `hopper_mixed_type_matmul_mgpu` (int8 x bf16, no scales) on
              out^T = W^T x^T: the ceiling of its register-LHS, warp-specialized structure;
-  ours       `weight_only_matmul(..., impl="mosaic")` on the stored format, checked against
-             the reference on the same weight before it is timed.
+  kn         `weight_only_matmul(..., impl="mosaic")` on "kn" weights: the one-warpgroup
+             kernel that dequantizes into shared memory;
+  rlhs       `weight_only_matmul(..., impl="mosaic")` on "nk"/"mma" weights (`--layouts`):
+             y^T = W x^T with the upcast weight tile as wgmma's register operand, the
+             default tiles, or with `--sweep` the candidates of `_rlhs_configs`;
+each checked against the reference on the same weight before it is timed.
 Times are CUPTI device time (`bench_util.time_call`, weight copies past L2). Rows go to
 OUT/bench_mosaic.json; the best configuration per case is printed last.
 """
@@ -18,6 +23,7 @@ OUT/bench_mosaic.json; the best configuration per case is printed last.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import itertools
 import json
@@ -46,10 +52,24 @@ def _jax_mixed_configs():
             grid_minor_dim=D.N, grid_tile_width=8)
 
 
-def _ours_configs():
+def _kn_configs():
     for tm, tn, tk, steps in itertools.product((64, 128), (128, 256), (64, 128), (2, 4)):
         yield f"tm{tm}_tn{tn}_tk{tk}_s{steps}", mosaic_kernel.MosaicConfig(
             tile_m=tm, tile_n=tn, tile_k=tk, max_concurrent_steps=steps)
+
+
+def _rlhs_configs(element_dtype, sweep: bool):
+    """(name, config) candidates of the register-operand kernel (None: its default). tile_m:
+    weight rows per compute warpgroup; tile_n: rows of x."""
+    yield "default", None
+    if not sweep:
+        return
+    tk = 128 if blocks.is_four_bit(element_dtype) else 64
+    cands = ((64, 128, 4), (128, 128, 3)) if tk == 128 else ((64, 256, 3), (64, 256, 2), (128, 128, 3))
+    for tm, tn, steps in cands:
+        yield f"tm{tm}_tn{tn}_tk{tk}_s{steps}", dataclasses.replace(
+            mosaic_kernel.REGISTER_LHS_TILES, tile_m=tm, tile_n=tn, tile_k=tk,
+            max_concurrent_steps=steps)
 
 
 def _row(**kw):
@@ -80,49 +100,56 @@ def bench(args) -> list[dict]:
                     rows.append(_row(kernel="jax-mixed", fmt="int8", config=name, m=m, k=k, n=n, us=-1.0,
                                      error=f"{type(e).__name__}: {str(e)[:200]}"))
             del wts
-        for label in args.formats:
+        for label, layout in itertools.product(args.formats, args.layouts):
             case = testing.CASES_BY_LABEL[label]
-            layout = "kn" if "ours" in args.kernels else args.layout
+            if "kn" in args.kernels:
+                layout = "kn"
             ws = [testing.random_weight(jax.random.key(100), case, k, n, layout=layout)]
             ws += [testing.random_weight(jax.random.key(100 + i), case, k, n, layout=layout)
                    for i in range(1, bench_util.copies_needed(testing.stored_bytes(ws[0])))]
             st = _static(ws[0])
+            fmt = f"{label}/{layout}"
             deq = jax.jit(lambda v, s, z, g: blocks.dequantize_as(
                 v, s, z, g, dtype=jnp.bfloat16,
                 **{f: st[f] for f in ("element_dtype", "block_k", "block_n", "layout", "k", "n")}))
             if m == args.ms[0]:  # independent of M
                 us = bench_util.time_call(deq, [_arrays(w) for w in ws])
-                rows.append(_row(kernel="dequant-only", fmt=label, config=layout, m=m, k=k, n=n, us=us,
+                rows.append(_row(kernel="dequant-only", fmt=fmt, config="", m=m, k=k, n=n, us=us,
                                  gbps=(testing.stored_bytes(ws[0]) + 2 * k * n) / us / 1e3))
             conv = jax.jit(lambda x, *a: weight_only_matmul_reference(
                 x, *a, **st, convert=True, materialize=True))
             us = bench_util.time_call(conv, [(x, *_arrays(w)) for w in ws])
-            rows.append(_row(kernel="xla-dequant", fmt=label, config=layout, m=m, k=k, n=n, us=us))
-            if "ours" not in args.kernels:
+            rows.append(_row(kernel="xla-dequant", fmt=fmt, config="", m=m, k=k, n=n, us=us))
+            if "kn" in args.kernels:
+                configs, kernel = _kn_configs(), "kn"
+            elif "rlhs" in args.kernels:
+                configs, kernel = _rlhs_configs(case.element_dtype, args.sweep), "rlhs"
+            else:
                 continue
             ref = weight_only_matmul_reference(x, *_arrays(ws[0]), **st)
-            for name, cfg in _ours_configs():
+            for name, cfg in configs:
                 f = jax.jit(lambda x, *a, cfg=cfg: api.weight_only_matmul(x, *a, **st, impl="mosaic", config=cfg))
                 try:
                     err = _rel_err(f(x, *_arrays(ws[0])), ref)
                     if not err < CHECK_TOL:
-                        rows.append(_row(kernel="ours", fmt=label, config=name, m=m, k=k, n=n, us=-1.0,
+                        rows.append(_row(kernel=kernel, fmt=fmt, config=name, m=m, k=k, n=n, us=-1.0,
                                          error=f"check failed: rel err {err:.3g}"))
                         continue
                     us = bench_util.time_call(f, [(x, *_arrays(w)) for w in ws])
-                    rows.append(_row(kernel="ours", fmt=label, config=name, m=m, k=k, n=n, us=us, rel_err=err))
-                except NotImplementedError:
-                    continue  # a tile the kernel refuses up front (shared memory, shapes)
+                    rows.append(_row(kernel=kernel, fmt=fmt, config=name, m=m, k=k, n=n, us=us, rel_err=err))
+                except NotImplementedError as e:  # a tile the kernel refuses up front
+                    rows.append(_row(kernel=kernel, fmt=fmt, config=name, m=m, k=k, n=n, us=-1.0,
+                                     error=f"refused: {str(e)[:200]}"))
                 except Exception as e:  # noqa: BLE001
                     traceback.print_exc(limit=2)
-                    rows.append(_row(kernel="ours", fmt=label, config=name, m=m, k=k, n=n, us=-1.0,
+                    rows.append(_row(kernel=kernel, fmt=fmt, config=name, m=m, k=k, n=n, us=-1.0,
                                      error=f"{type(e).__name__}: {str(e)[:200]}"))
             del ws
     return rows
 
 
 def summarize(rows: list[dict]) -> str:
-    out = [f"{'K x N':>12s} {'M':>5s} {'kernel':>12s} {'fmt':>10s} {'us':>8s} {'xbf16':>6s} {'TF/s':>6s}  config"]
+    out = [f"{'K x N':>12s} {'M':>5s} {'kernel':>12s} {'fmt':>15s} {'us':>8s} {'xbf16':>6s} {'TF/s':>6s}  config"]
     bf16 = {(r["m"], r["k"], r["n"]): r["us"] for r in rows if r["kernel"] == "xla-bf16"}
     best = {}
     for r in rows:
@@ -132,7 +159,7 @@ def summarize(rows: list[dict]) -> str:
                 best[key] = r
     for (m, k, n, kern, fmt), r in sorted(best.items()):
         tf = 2 * m * k * n / r["us"] / 1e6
-        out.append(f"{k:>5d}x{n:<6d} {m:>5d} {kern:>12s} {fmt:>10s} {r['us']:8.1f} "
+        out.append(f"{k:>5d}x{n:<6d} {m:>5d} {kern:>12s} {fmt:>15s} {r['us']:8.1f} "
                    f"{bf16[(m, k, n)] / r['us']:6.2f} {tf:6.0f}  {r['config']}"
                    + (f" {r['gbps']:.0f} GB/s" if "gbps" in r else ""))
     return "\n".join(out)
@@ -142,14 +169,16 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default="8192x28672,4096x14336")
     p.add_argument("--ms", default="1024,4096")
-    p.add_argument("--kernels", default="jax-mixed,ours")
-    p.add_argument("--formats", default="int8,int4-g128")
-    p.add_argument("--layout", default="nk", help="weight layout of the XLA rows without 'ours'")
+    p.add_argument("--kernels", default="rlhs", help="jax-mixed, and kn or rlhs")
+    p.add_argument("--formats", default="int8,int4-g128,uint4-g128")
+    p.add_argument("--layouts", default="mma", help="weight layouts of rlhs (kn: 'kn')")
+    p.add_argument("--sweep", action="store_true", help="rlhs: every candidate tile, not the default")
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     a = p.parse_args(argv if argv is not None else sys.argv[1:])
     a.shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
     a.ms = [int(v) for v in a.ms.split(",")]
     a.kernels, a.formats = a.kernels.split(","), [f for f in a.formats.split(",") if f]
+    a.layouts = a.layouts.split(",")
     dev = jax.devices()[0]
     rows = bench(a)
     os.makedirs(a.out, exist_ok=True)

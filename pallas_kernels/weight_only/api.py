@@ -7,17 +7,20 @@ block scales [+ zeros] [+ global scale]) and only x is a float array. Implementa
     "pallas"  `pallas_kernel.py`: BlockSpec Pallas kernel; `interpret=True` runs it anywhere.
     "triton"  `triton_kernel.py` + `triton_decode.py`: raw Triton via jax-triton, NVIDIA GPUs
               only (the fast path; tiles from the per-device tuned table or the heuristic).
-    "mosaic"  `mosaic_kernel.py`: Mosaic GPU (wgmma) prefill GEMMs. int8 per-channel "nk"
-              weights: y^T = W x^T on the warp-specialized scaled GEMM with the int8 tile as
-              wgmma's register operand (native only). "kn" int8/int4/uint4: a one-warpgroup
-              kernel that dequantizes into shared memory; runs in GPU interpret mode on CPU;
-              explicit only (0.65x XLA's bf16 dot for int8 and 0.36x for int4-g128 at M=1024
-              on H200, below the XLA route).
-    "auto"    on GPU: M >= XLA_PREFILL_MIN_M (prefill) -> int8 per-channel "nk" weights: the
-              register-operand Mosaic kernel (0.77-0.93x XLA's bf16 dot at M=1024 on H100,
-              against 0.65-0.68x for the route); other weights: dequantized to x's dtype in one
-              pass, then XLA's GEMM (`weight_only_matmul_reference(..., convert=True,
-              materialize=True)`; the measurements behind it are at `config.XLA_PREFILL_MIN_M`);
+    "mosaic"  `mosaic_kernel.py`: Mosaic GPU (wgmma) prefill GEMMs. int8/int4/uint4 weights
+              stored "nk" or "mma" (one scale per row over K or over groups of whole K
+              steps): y^T = W x^T on the warp-specialized scaled GEMM with the upcast weight
+              tile as wgmma's register operand (native only). "kn" int8/int4/uint4: a
+              one-warpgroup kernel that dequantizes into shared memory; runs in GPU
+              interpret mode on CPU; explicit only (0.65x XLA's bf16 dot for int8 and 0.36x
+              for int4-g128 at M=1024 on H200, below the XLA route).
+    "auto"    on GPU: M >= XLA_PREFILL_MIN_M (prefill) -> weights the register-operand
+              kernel takes (the w8a16, w4a16 and w4a16-uint4 recipes; 4-bit up to
+              `mosaic_kernel.REGISTER_LHS_MAX_M_4BIT`): that kernel (0.83-0.93x XLA's bf16
+              dot for int8 and int4-g128 at M=1024 on H100, against 0.59-0.67x for the route);
+              other weights: dequantized to x's dtype in one pass, then XLA's GEMM
+              (`weight_only_matmul_reference(..., convert=True, materialize=True)`; the
+              measurements behind it are at `config.XLA_PREFILL_MIN_M`);
               else triton, else pallas, else xla; off GPU: xla. Each fallback logs its reason
               once (logging, module logger).
 
@@ -103,7 +106,8 @@ def unsupported_reason(x_shape, x_dtype, *, element_dtype, scale_dtype, block_k:
         why = mosaic_kernel.register_lhs_reason(
             element_dtype=element_dtype, x_dtype=x_dtype, block_k=block_k, block_n=block_n,
             layout=layout, kp=kp, np_=np_, out_dtype=out_dtype, has_zeros=has_zeros,
-            has_global_scale=has_global_scale, interpret=interpret)
+            has_global_scale=has_global_scale, interpret=interpret,
+            config=config if isinstance(config, mosaic_kernel.RegisterLhsConfig) else None)
         if why is None and not _on_gpu():
             why = "impl='mosaic' runs natively only on a Hopper GPU"
         return why
@@ -154,10 +158,10 @@ def unsupported_reason(x_shape, x_dtype, *, element_dtype, scale_dtype, block_k:
     return None
 
 
-def _mosaic_config(config, element_dtype) -> mosaic_kernel.MosaicConfig:
-    """`config` may be a MosaicConfig; a TileConfig's tile sizes carry over; None:
-    `mosaic_kernel.default_config`."""
-    if isinstance(config, mosaic_kernel.MosaicConfig):
+def _mosaic_config(config, element_dtype):
+    """`config` may be a MosaicConfig or a RegisterLhsConfig; a TileConfig's tile sizes
+    carry over; None: `mosaic_kernel.default_config`."""
+    if isinstance(config, (mosaic_kernel.MosaicConfig, mosaic_kernel.RegisterLhsConfig)):
         return config
     if config is None:
         return mosaic_kernel.default_config(element_dtype)
@@ -179,9 +183,11 @@ def _reads_mma(impl: str, x, config, element_dtype, block_k: int, block_n: int, 
 
 def _kernel_call(x, values, scales, zeros, global_scale, *, chosen, spec, cfg, out_dtype,
                  interpret):
-    if chosen == "mosaic" and spec.layout == "nk":
-        return mosaic_kernel.weight_only_matmul_register_lhs(x, values, scales, n=spec.n,
-                                                             out_dtype=out_dtype)
+    if chosen == "mosaic" and spec.layout in mosaic_kernel.REGISTER_LHS_LAYOUTS:
+        return mosaic_kernel.weight_only_matmul_register_lhs(
+            x, values, scales, zeros, element_dtype=spec.element_dtype, layout=spec.layout,
+            block_k=spec.block_k, n=spec.n, out_dtype=out_dtype,
+            config=cfg if isinstance(cfg, mosaic_kernel.RegisterLhsConfig) else None)
     if chosen == "mosaic":
         return mosaic_kernel.weight_only_matmul_mosaic(
             x, values, scales, zeros, element_dtype=spec.element_dtype, block_k=spec.block_k,
@@ -260,23 +266,27 @@ def weight_only_matmul(x, values, scales, zeros=None, global_scale=None, *, elem
                  k=k, n=n, out_dtype=out_dtype)
     prefill = (impl == "auto" and config is None and x.shape[0] >= XLA_PREFILL_MIN_M
                and _on_gpu() and jnp.dtype(x.dtype) in X_DTYPES)
-    if prefill and mosaic_kernel.takes_register_lhs(element_dtype, block_k, block_n, layout, kp):
+    register_lhs = mosaic_kernel.takes_register_lhs(element_dtype, block_k, block_n, layout, kp)
+    if prefill and register_lhs and (x.shape[0] <= mosaic_kernel.REGISTER_LHS_MAX_M_4BIT
+                                     or not blocks.is_four_bit(element_dtype)):
         why = mosaic_kernel.register_lhs_reason(
             element_dtype=element_dtype, x_dtype=x.dtype, block_k=block_k, block_n=block_n,
             layout=layout, kp=kp, np_=np_, out_dtype=out_dtype, has_zeros=zeros is not None,
             has_global_scale=global_scale is not None)
         if why is None:
             return mosaic_kernel.weight_only_matmul_register_lhs(
-                x, values, scales, n=n, out_dtype=out_dtype).reshape(*lead, n)
-        _log_once(f"weight_only_matmul: prefill of an int8 per-channel weight takes the XLA "
-                  f"route: {why}")
+                x, values, scales, zeros, element_dtype=element_dtype, layout=layout,
+                block_k=block_k, n=n, out_dtype=out_dtype).reshape(*lead, n)
+        _log_once(f"weight_only_matmul: prefill of a {jnp.dtype(element_dtype)} {layout!r} "
+                  f"weight takes the XLA route: {why}")
     if prefill:
         _log_once(f"weight_only_matmul: M >= {XLA_PREFILL_MIN_M} uses XLA: the weight dequantized "
                   f"to {jnp.dtype(x.dtype)} in one pass, then XLA's GEMM (faster than the prefill "
                   f"kernels from M=512: H200, BENCHMARKS.md session 8)")
         return weight_only_matmul_reference(x, values, scales, zeros, global_scale, **facts,
                                             convert=True, materialize=True).reshape(*lead, n)
-    if layout == "mma" and not _reads_mma(impl, x, config, element_dtype, block_k, block_n, scales.dtype, kp):
+    if (layout == "mma" and not (impl == "mosaic" and register_lhs)
+            and not _reads_mma(impl, x, config, element_dtype, block_k, block_n, scales.dtype, kp)):
         # Only the tensor-core GEMV reads "mma"; every other path gets the "nk" bytes back
         # (one XLA pass over the weight, per call: prefill, CPU, explicit other kernels).
         values, layout = blocks.mma_to_nk(values, element_dtype), "nk"

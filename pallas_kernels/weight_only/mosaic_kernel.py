@@ -1,8 +1,15 @@
-"""Weight-only prefill GEMM for Hopper on the Mosaic GPU Pallas backend (`plgpu`).
+"""Weight-only prefill GEMMs for Hopper on the Mosaic GPU Pallas backend (`plgpu`).
 
-`y = x @ dequantize(W)` for x (M, K) bf16/f16 and W stored by `pallas_kernels.blocks`
-("kn" layout) with int8 per-channel or int4/uint4 group-scaled elements. Prefill
-(M >= 256) is tensor-core bound, so the kernel feeds `wgmma` rather than a CUDA-core dot.
+`y = x @ dequantize(W)` for x (M, K) bf16/f16 and W stored by `pallas_kernels.blocks` with
+int8 or int4/uint4 elements. Prefill (M >= 256) is tensor-core bound, so both paths feed
+`wgmma` rather than a CUDA-core dot. Two paths:
+
+    register operand (the fast one; end of the module): "nk" or "mma" weights, y^T = W x^T
+        on the warp-specialized kernel of `pallas_kernels.scaled_gemm.mosaic_kernel`, each
+        weight tile upcast in registers as wgmma's register operand, y stored transposed.
+        Native only. `impl="auto"` takes it for prefill.
+    one warpgroup (first; explicit only): "kn" weights, dequantized into shared memory;
+        runs in GPU interpret mode, which is how CI tests a weight-only Mosaic kernel.
 
 How one CTA (one warpgroup) computes a (tile_m, tile_n) output tile
     `plgpu.emit_pipeline` streams, per K step of `tile_k` elements, the x tile (TMA into
@@ -34,11 +41,7 @@ Scales (glossary: group = `block_k` elements of K sharing one scale; step = `til
     (code - z) * s, rounded to x.dtype before the wgmma; a step either covers whole
     groups (tile_k % block_k == 0) or lies inside one (block_k % tile_k == 0).
 
-(The second path of this module, at its end: int8 per-channel "nk" weights through the
-warp-specialized scaled GEMM of `pallas_kernels.scaled_gemm.mosaic_kernel`, the int8 tile as
-wgmma's register operand.)
-
-Limits: element dtypes int8/int4/uint4, block_n == 1, no global scale, "kn" layout;
+Limits of the one-warpgroup kernel: element dtypes int8/int4/uint4, block_n == 1, no global scale, "kn" layout;
 padded K and N must be multiples of tile_k and tile_n (M is padded here); a step's decoded
 rows and each scale group's rows must be multiples of 64 (4-bit: tile_k=128 and groups of
 >= 128; int8: groups of >= 64), which is what the native lowering accepts. Tested in GPU
@@ -283,65 +286,115 @@ def weight_only_matmul_mosaic(x, values, scales, zeros=None, *, element_dtype, b
 
 
 # ---------------------------------------------------------------------------------------
-# int8 per-channel "nk" weights: y^T = W x^T on the warp-specialized scaled GEMM, the int8
-# tile converted in registers and fed to wgmma as its register operand (no dequantized tile
-# in shared memory, no dequantized weight in HBM).
+# int8 and 4-bit weights stored "nk" or "mma": y^T = W x^T on the warp-specialized scaled
+# GEMM, the weight tile upcast in registers and fed to wgmma as its register operand (no
+# dequantized tile in shared memory, no dequantized weight in HBM), y stored transposed.
 
-# Measured on H100 (BENCHMARKS.md session 9): 64 weight rows per compute warpgroup, the two
-# stacked (128-row CTA tile), 256 rows of x, 64-deep K steps, 4 stages; x rows minor in the
-# tile walk. At M=1024 on 8192x28672 / 14336x4096 / 4096x14336: 0.85x / 0.93x / 0.77x XLA's
-# bf16 dot, against 0.66x / 0.68x / 0.65x for the dequantize-then-XLA route and 0.77x /
-# 0.80x / 0.73x for JAX's `hopper_mixed_type_matmul_mgpu` (no scales).
+# Measured on H100 (BENCHMARKS.md session 10, "mma" weights, M=1024): 64 weight rows per
+# compute warpgroup, the two stacked (128-row CTA tile), 256 rows of x, 64-deep K steps, 4
+# stages; x rows minor in the tile walk: int8 0.92x / 0.83x XLA's bf16 dot on 8192x28672 /
+# 14336x4096 (the route: 0.66x / 0.67x). 128 rows of x or 128 weight rows per warpgroup
+# were 20-30% slower; 128 x 256 per warpgroup spills (5-9x slower).
 REGISTER_LHS_TILES = scaled_mosaic.MosaicGemmConfig(
     tile_m=64, tile_n=256, tile_k=64, wg_dim="m", max_concurrent_steps=4, grid_minor_dim="n")
+# 4-bit codes: 128-deep steps (one "mma" chunk of 64 bytes per row), so only 2 stages fit;
+# still faster than 128 rows of x with 4 stages (int4-g128: 0.93x / 0.81x against 0.59x /
+# 0.65x for the route; 128 rows of x, 4 stages: 0.65x / 0.59x with the scaling in f32).
+REGISTER_LHS_TILES_4BIT = dataclasses.replace(REGISTER_LHS_TILES, tile_k=128,
+                                              max_concurrent_steps=2)
+# Above this M, `impl="auto"` sends 4-bit weights to the dequantize-then-XLA route: at M=4096
+# that route won on 3 of 6 (shape, 4-bit format) pairs, at M=1024 on none (H100, session 10).
+REGISTER_LHS_MAX_M_4BIT = 2048
+REGISTER_LHS_CODES = scaled_mosaic.MIXED_CODES
+RegisterLhsConfig = scaled_mosaic.MosaicGemmConfig  # what impl="mosaic" takes as `config`
+REGISTER_LHS_LAYOUTS = ("nk", "mma")
 
 
-def register_lhs_config(out_dtype) -> scaled_mosaic.MosaicGemmConfig:
-    """`REGISTER_LHS_TILES`, with 3 stages for a 4-byte output (4 do not fit)."""
-    if jnp.dtype(out_dtype).itemsize > 2:
-        return dataclasses.replace(REGISTER_LHS_TILES, max_concurrent_steps=3)
-    return REGISTER_LHS_TILES
+def register_lhs_config(element_dtype, out_dtype, *, scaled_steps: bool = False,
+                        has_zeros: bool = False) -> scaled_mosaic.MosaicGemmConfig:
+    """The measured tiles for these codes, made to fit shared memory with this output dtype
+    and the per-step scale (and zero) rows of grouped weights (`scaled_steps`): fewer
+    stages first, then half the rows of x."""
+    base = REGISTER_LHS_TILES_4BIT if blocks.is_four_bit(element_dtype) else REGISTER_LHS_TILES
+    c = base
+    for tile_n in (base.tile_n, base.tile_n // 2):
+        for steps in range(base.max_concurrent_steps, 1, -1):
+            c = dataclasses.replace(base, tile_n=tile_n, max_concurrent_steps=steps)
+            need = scaled_mosaic.smem_bytes(c, element_dtype, jnp.dtype(out_dtype).itemsize,
+                                            jnp.bfloat16, promote=scaled_steps, zeros=has_zeros)
+            if need <= scaled_mosaic.SMEM_LIMIT:
+                return c
+    return c
+
+
+def _scaled_steps(element_dtype, block_k: int, kp: int, has_zeros: bool) -> bool:
+    """Whether the kernel scales the decoded rows per K step (groups, zeros, uint4) rather
+    than once in the epilogue."""
+    return block_k < kp or has_zeros or jnp.dtype(element_dtype) == jnp.uint4
 
 
 def takes_register_lhs(element_dtype, block_k: int, block_n: int, layout: str, kp: int) -> bool:
-    """Whether the weight is one the register-operand kernel is for: int8, per channel
-    (one scale block spans Kp, one column per block), stored "nk"."""
-    return (jnp.dtype(element_dtype) == jnp.int8 and layout == "nk" and block_k >= kp
-            and block_n == 1)
+    """Whether the weight is one the register-operand kernel is for: int8/int4/uint4 codes
+    stored "nk" or "mma", one scale per output row (block_n 1) over all of K or over groups
+    of whole K steps."""
+    tile_k = (REGISTER_LHS_TILES_4BIT if blocks.is_four_bit(element_dtype) else REGISTER_LHS_TILES).tile_k
+    return (jnp.dtype(element_dtype) in REGISTER_LHS_CODES and layout in REGISTER_LHS_LAYOUTS
+            and block_n == 1 and (block_k >= kp or block_k % tile_k == 0))
 
 
 def register_lhs_reason(*, element_dtype, x_dtype, block_k: int, block_n: int, layout: str,
                         kp: int, np_: int, out_dtype=None, has_zeros: bool = False,
-                        has_global_scale: bool = False, interpret: bool = False) -> str | None:
+                        has_global_scale: bool = False, interpret: bool = False,
+                        config: scaled_mosaic.MosaicGemmConfig | None = None) -> str | None:
     """Why `weight_only_matmul_register_lhs` cannot take this weight (None when it can)."""
     out_dtype = jnp.dtype(out_dtype or x_dtype)
-    config = register_lhs_config(out_dtype)
+    config = config or register_lhs_config(element_dtype, out_dtype,
+                                           scaled_steps=_scaled_steps(element_dtype, block_k, kp,
+                                                                      has_zeros),
+                                           has_zeros=has_zeros)
     if not takes_register_lhs(element_dtype, block_k, block_n, layout, kp):
-        return (f"the register-operand kernel takes int8 per-channel weights in the 'nk' "
-                f"layout; got {jnp.dtype(element_dtype)}, {block_k=} (Kp={kp}), {block_n=}, "
-                f"{layout=}")
-    if has_zeros or has_global_scale:
-        return "the register-operand kernel takes symmetric weights without a global scale"
+        return (f"the register-operand kernel takes {', '.join(map(str, REGISTER_LHS_CODES))} "
+                f"codes stored {' or '.join(REGISTER_LHS_LAYOUTS)}, one scale per row over K or "
+                f"over groups of whole {config.tile_k}-deep steps; got {jnp.dtype(element_dtype)}, "
+                f"{block_k=} (Kp={kp}), {block_n=}, {layout=}")
+    if has_global_scale:
+        return "the register-operand kernel takes weights without a global scale"
     if np_ % config.cta_m:
         return (f"Np={np_} must be a multiple of {config.cta_m} (the CTA's weight rows) for the "
                 f"register-operand kernel")
     if (why := scaled_mosaic.device_reason()) is not None:
         return why
     return scaled_mosaic.unsupported_reason(
-        element_dtype=jnp.int8, kp=kp, np_=config.cta_n, groups=1, config=config,
-        b_dtype=x_dtype, out_dtype=out_dtype, interpret=interpret)
+        element_dtype=element_dtype, kp=kp, np_=config.cta_n, groups=max(1, kp // block_k),
+        config=config, b_dtype=x_dtype, out_dtype=out_dtype, a_layout=layout,
+        has_zeros=has_zeros, interpret=interpret)
 
 
-@functools.partial(jax.jit, static_argnames=("n", "out_dtype"))
-def weight_only_matmul_register_lhs(x, values, scales, *, n: int, out_dtype):
-    """x (M, k) bf16/f16 @ int8 per-channel W stored "nk" (values (Np, Kp), scales (Np, 1))
-    -> (M, n). Computes y^T = W x^T (weight rows as wgmma's M) and transposes."""
-    config = register_lhs_config(out_dtype)
+@functools.partial(jax.jit, static_argnames=("element_dtype", "layout", "block_k", "n",
+                                             "out_dtype", "config"))
+def weight_only_matmul_register_lhs(x, values, scales, zeros=None, *, element_dtype,
+                                    layout: str, block_k: int, n: int, out_dtype,
+                                    config: scaled_mosaic.MosaicGemmConfig | None = None):
+    """x (M, k) bf16/f16 @ W stored "nk" or "mma" (values (Np, Kp) int8 or (Np, Kp/2) packed
+    4-bit, scales and zeros (Np, Kp/block_k)) -> (M, n). Computes y^T = W x^T (weight rows
+    as wgmma's M) and transposes."""
     m, k = x.shape
-    np_, kp = values.shape
+    np_ = values.shape[0]
+    kp = values.shape[1] * (2 if blocks.is_four_bit(element_dtype) else 1)
+    config = config or register_lhs_config(
+        element_dtype, out_dtype, scaled_steps=_scaled_steps(element_dtype, block_k, kp,
+                                                             zeros is not None),
+        has_zeros=zeros is not None)
+    if blocks.is_four_bit(element_dtype):  # the same bytes, two int4 codes each (low first)
+        values = lax.bitcast_convert_type(values, jnp.int4).reshape(np_, -1)
+    kp = values.shape[1]
     mp = -(-m // config.cta_n) * config.cta_n
     xp = jnp.pad(x, ((0, mp - m), (0, kp - k)))
-    y_t = scaled_mosaic.scaled_matmul_mosaic(
-        values, xp, scales.astype(_F32).reshape(1, np_), jnp.ones((1, mp), _F32),
-        out_dtype=out_dtype, config=config)
-    return y_t.T[:m, :n]
+    # Each output tile is stored transposed (y, not y^T: 5-7% faster than XLA's transpose
+    # after the kernel); Mosaic GPU stores only 16-bit outputs that way.
+    transpose = jnp.dtype(out_dtype).itemsize == 2
+    y = scaled_mosaic.scaled_matmul_mosaic(
+        values, xp, scales.astype(_F32).T, jnp.ones((1, mp), _F32),
+        None if zeros is None else zeros.astype(_F32).T, out_dtype=out_dtype, config=config,
+        a_codes=jnp.dtype(element_dtype), a_layout=layout, transpose_out=transpose)
+    return (y if transpose else y.T)[:m, :n]

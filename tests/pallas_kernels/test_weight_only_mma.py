@@ -210,3 +210,28 @@ def test_mma_weights_route_to_the_gemv_only_where_it_serves(label, m, x_dtype, r
         cfg = TileConfig(kernel="mma", block_m=8, block_n=64, block_k=128, num_warps=4, num_stages=1)
         with pytest.raises(NotImplementedError, match="bfloat16 x only"):
             api.weight_only_matmul(x, **w, impl="triton", config=cfg)
+
+
+@pytest.mark.parametrize("element_dtype", [jnp.int8, jnp.int4, jnp.uint4])
+def test_stored_k_order_reads_mma_chunks(element_dtype):
+    """`blocks.stored_k_order`: in the 4-d view (16-row tiles, 64-byte chunks) that the
+    register-operand Mosaic kernel boxes per K step, code field q of a chunk's row holds K
+    offset stored_k_order(q); "nk" is the identity."""
+    four = blocks.is_four_bit(element_dtype)
+    n, kp = 32, 256
+    ck = blocks.mma_chunk_k(element_dtype)
+    k_of = np.broadcast_to(np.arange(kp), (n, kp))  # each code = its K index (mod its range)
+    codes = k_of % 16 if four else (k_of % 256) - 128
+    if four:
+        values = blocks.pack_nibbles(jnp.asarray(codes, jnp.uint8), axis=1)
+    else:
+        values = jnp.asarray(codes, jnp.int8)
+    view = np.asarray(blocks.nk_to_mma(values, element_dtype)).reshape(n // 16, kp // ck, 16, -1)
+    if four:  # the fields of each byte: low nibble first
+        view = np.stack([view & 15, view >> 4], -1).reshape(*view.shape[:-1], -1)
+    want = blocks.stored_k_order(element_dtype, "mma", ck)
+    for c in range(kp // ck):
+        got = view[:, c].astype(np.int64)
+        expect = (c * ck + want) % 16 if four else ((c * ck + want) % 256) - 128
+        np.testing.assert_array_equal(got, np.broadcast_to(expect, got.shape))
+    np.testing.assert_array_equal(blocks.stored_k_order(element_dtype, "nk", ck), np.arange(ck))

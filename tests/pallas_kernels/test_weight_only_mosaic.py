@@ -138,63 +138,85 @@ def test_lowers_for_cuda_without_a_gpu(case, config):
 
 
 # ---------------------------------------------------------------------------------------
-# int8 per-channel "nk" weights: y^T = W x^T with the int8 tile as wgmma's register operand
-# (`weight_only_matmul_register_lhs`, through the scaled GEMM's warp-specialized kernel).
-# Native only: jax 0.11.2's interpreter has no register-operand wgmma. On CPU the native
-# lowering is checked; on a GPU the result.
+# int8 and 4-bit weights stored "nk" or "mma": y^T = W x^T with the upcast weight tile as
+# wgmma's register operand (`weight_only_matmul_register_lhs`, through the scaled GEMM's
+# warp-specialized kernel). Native only: jax 0.11.2's interpreter has no register-operand
+# wgmma. On CPU the native lowering is checked; on a GPU the result.
 
-def _nk_int8(k, n, seed=0, zeros=False):
-    case = dataclasses.replace(testing.CASES_BY_LABEL["int8"], zeros=zeros)
-    return testing.random_weight(jax.random.key(seed), case, k, n, layout="nk")
+REGISTER_LHS = [  # (case, layout): per channel, grouped, with zeros, both layouts
+    (testing.CASES_BY_LABEL["int8"], "nk"), (testing.CASES_BY_LABEL["int8"], "mma"),
+    (INT8_ZEROS, "nk"), (INT8_G128, "mma"),
+    (testing.CASES_BY_LABEL["int4-g128"], "nk"), (testing.CASES_BY_LABEL["int4-g128"], "mma"),
+    (testing.CASES_BY_LABEL["uint4-g128"], "nk"), (testing.CASES_BY_LABEL["uint4-g128"], "mma"),
+]
 
 
-def test_register_lhs_lowers_for_cuda_and_auto_takes_it_at_prefill(monkeypatch):
+def _register_lhs_id(v):
+    return v.label if hasattr(v, "label") else v
+
+
+def _static(w, **kw):
+    return dict(element_dtype=w["element_dtype"], block_k=w["block_k"], block_n=1,
+                layout=w["layout"], k=w["k"], n=w["n"], **kw)
+
+
+@pytest.mark.parametrize("case,layout", REGISTER_LHS, ids=_register_lhs_id)
+def test_register_lhs_lowers_for_cuda_and_auto_takes_it_at_prefill(case, layout, monkeypatch):
     from pallas_kernels.weight_only import api
     monkeypatch.setattr(api, "_on_gpu", lambda: True)
-    k, n = 1024, 384  # Np = 3 CTA tiles of 128 weight rows
-    w = _nk_int8(k, n)
-    static = dict(element_dtype=w["element_dtype"], block_k=w["block_k"], block_n=1,
-                  layout="nk", k=k, n=n)
-    x = jax.ShapeDtypeStruct((600, k), jnp.bfloat16)  # M >= XLA_PREFILL_MIN_M: prefill
-    for impl in ("mosaic", "auto"):
-        f = jax.jit(lambda x, v, s: api.weight_only_matmul(x, v, s, impl=impl, **static))
-        text = f.trace(x, w["values"], w["scales"]).lower(lowering_platforms=("cuda",)).as_text()
+    w = testing.random_weight(jax.random.key(0), case, 1024, 384, layout=layout)  # 3 CTA rows
+    x = jax.ShapeDtypeStruct((600, 1024), jnp.bfloat16)  # M >= XLA_PREFILL_MIN_M: prefill
+    for impl, out_dtype in (("mosaic", jnp.bfloat16), ("mosaic", jnp.float32), ("auto", None)):
+        # A 16-bit y is stored transposed in the kernel; f32 takes XLA's transpose of y^T.
+        f = jax.jit(lambda x, v, s, z: api.weight_only_matmul(
+            x, v, s, z, impl=impl, **_static(w, out_dtype=out_dtype)))
+        text = f.trace(x, w["values"], w["scales"], w["zeros"]).lower(
+            lowering_platforms=("cuda",)).as_text()
         assert "mosaic_gpu" in text, impl
 
 
 def test_register_lhs_reasons(monkeypatch):
-    from pallas_kernels.weight_only import api
-    w = _nk_int8(256, 256)
-    static = dict(element_dtype=w["element_dtype"], block_k=w["block_k"], block_n=1,
-                  layout="nk", k=256, n=256)
+    from pallas_kernels.weight_only import api, mosaic_kernel
+    w = testing.random_weight(jax.random.key(0), testing.CASES_BY_LABEL["uint4-g128"], 256, 256,
+                              layout="mma")
     x = jnp.ones((8, 256), jnp.bfloat16)
     with pytest.raises(NotImplementedError, match="interpret mode"):
-        api.weight_only_matmul(x, w["values"], w["scales"], impl="mosaic", interpret=True, **static)
+        api.weight_only_matmul(x, w["values"], w["scales"], w["zeros"], impl="mosaic",
+                               interpret=True, **_static(w))
     monkeypatch.setattr(api, "_on_gpu", lambda: True)
-    wz = _nk_int8(256, 256, zeros=True)
-    with pytest.raises(NotImplementedError, match="symmetric"):
-        api.weight_only_matmul(x, wz["values"], wz["scales"], wz["zeros"], impl="mosaic", **static)
-    w96 = _nk_int8(256, 96)
+    w96 = testing.random_weight(jax.random.key(0), testing.CASES_BY_LABEL["int8"], 256, 96,
+                                layout="nk")
     with pytest.raises(NotImplementedError, match="multiple of 128"):
-        api.weight_only_matmul(x, w96["values"], w96["scales"], impl="mosaic",
-                               **dict(static, n=96))
+        api.weight_only_matmul(x, w96["values"], w96["scales"], impl="mosaic", **_static(w96))
+    kw = dict(x_dtype=jnp.bfloat16, block_n=1, layout="nk", kp=1024, np_=256)
+    assert "whole 128-deep steps" in mosaic_kernel.register_lhs_reason(
+        element_dtype=jnp.int4, block_k=64, **kw)
+    assert "codes stored" in mosaic_kernel.register_lhs_reason(
+        element_dtype=jnp.float8_e4m3fn, block_k=1024, **kw)
+    assert "global scale" in mosaic_kernel.register_lhs_reason(
+        element_dtype=jnp.int8, block_k=1024, has_global_scale=True, **kw)
+    assert mosaic_kernel.register_lhs_reason(element_dtype=jnp.uint4, block_k=128,
+                                             has_zeros=True, **kw) is None
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("case,layout", REGISTER_LHS, ids=_register_lhs_id)
 @pytest.mark.parametrize("m,k,n", [(1000, 4096, 1024), (600, 1024, 14336), (2048, 14336, 4096)])
-def test_register_lhs_matches_reference_gpu(m, k, n):
+def test_register_lhs_matches_reference_gpu(case, layout, m, k, n):
     from pallas_kernels.weight_only import api
-    w = _nk_int8(k, n, seed=m)
-    static = dict(element_dtype=w["element_dtype"], block_k=w["block_k"], block_n=1,
-                  layout="nk", k=k, n=n)
+    w = testing.random_weight(jax.random.key(m), case, k, n, layout=layout)
     x = jax.random.normal(jax.random.key(m + 1), (m, k), jnp.float32).astype(jnp.bfloat16)
-    ref = weight_only_matmul_reference(x, w["values"], w["scales"], None, out_dtype=jnp.float32,
-                                       **static)
+    args = (w["values"], w["scales"], w["zeros"])
+    ref = np.asarray(weight_only_matmul_reference(x, *args, out_dtype=jnp.float32, **_static(w)))
+    rel, abs_ = testing.tolerance(x, w, jnp.float32)
     for impl in ("mosaic", "auto"):
-        f = jax.jit(lambda x, v, s: api.weight_only_matmul(x, v, s, impl=impl,
-                                                           out_dtype=jnp.float32, **static))
-        assert "mosaic_gpu" in f.lower(x, w["values"], w["scales"]).as_text(), impl
-        out = np.asarray(f(x, w["values"], w["scales"]))
-        ref_ = np.asarray(ref)
-        # int8 codes are exact in bf16 and the scale is applied in f32: f32 summation order.
-        assert np.linalg.norm(out - ref_) / np.linalg.norm(ref_) <= 1e-5, impl
+        f = jax.jit(lambda x, v, s, z: api.weight_only_matmul(x, v, s, z, impl=impl,
+                                                              out_dtype=jnp.float32, **_static(w)))
+        assert "mosaic_gpu" in f.lower(x, *args).as_text(), impl
+        out = np.asarray(f(x, *args))
+        if case.block_k is None and not case.zeros:
+            # int8 codes are exact in bf16 and the scale is applied in f32: summation order.
+            assert np.linalg.norm(out - ref) / np.linalg.norm(ref) <= 1e-5, impl
+        else:  # each dequantized weight is rounded to bf16 before the wgmma
+            err = np.abs(out - ref)
+            assert np.all(err <= rel * np.abs(ref) + abs_), (impl, float(np.max(err)))
