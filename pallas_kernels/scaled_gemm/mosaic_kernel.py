@@ -447,8 +447,10 @@ def scaled_matmul_mosaic(a, b, sa, sb, za=None, *, out_dtype=jnp.bfloat16,
                         plgpu.wgmma_wait(0)
                         return acc_ref
 
-                ops = (a_gmem.at[cta_m_sl if a_layout != "mma" else pl.ds(mi * (c.cta_m // 16), c.cta_m // 16)],
-                       b_gmem.at[cta_n_sl])
+                a_sl = cta_m_sl  # "mma": the CTA's 16-row tiles of the 4-d view
+                if a_layout == "mma":
+                    a_sl = pl.ds(mi * (c.cta_m // 16), c.cta_m // 16)
+                ops = (a_gmem.at[a_sl], b_gmem.at[cta_n_sl])
                 if promote:
                     ops += (sa_gmem.at[:, cta_m_sl], sb_gmem.at[:, cta_n_sl])
                 elif prescale:

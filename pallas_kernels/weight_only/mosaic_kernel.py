@@ -310,13 +310,17 @@ RegisterLhsConfig = scaled_mosaic.MosaicGemmConfig  # what impl="mosaic" takes a
 REGISTER_LHS_LAYOUTS = ("nk", "mma")
 
 
+def _tiles(element_dtype) -> scaled_mosaic.MosaicGemmConfig:
+    return REGISTER_LHS_TILES_4BIT if blocks.is_four_bit(element_dtype) else REGISTER_LHS_TILES
+
+
 def register_lhs_config(element_dtype, out_dtype, *, scaled_steps: bool = False,
                         has_zeros: bool = False) -> scaled_mosaic.MosaicGemmConfig:
     """The measured tiles for these codes, made to fit shared memory with this output dtype
     and the per-step scale (and zero) rows of grouped weights (`scaled_steps`): fewer
     stages first, then half the rows of x."""
-    base = REGISTER_LHS_TILES_4BIT if blocks.is_four_bit(element_dtype) else REGISTER_LHS_TILES
-    c = base
+    base = c = _tiles(element_dtype)
+    has_zeros = has_zeros or jnp.dtype(element_dtype) == jnp.uint4  # uint4 always has zeros
     for tile_n in (base.tile_n, base.tile_n // 2):
         for steps in range(base.max_concurrent_steps, 1, -1):
             c = dataclasses.replace(base, tile_n=tile_n, max_concurrent_steps=steps)
@@ -337,9 +341,8 @@ def takes_register_lhs(element_dtype, block_k: int, block_n: int, layout: str, k
     """Whether the weight is one the register-operand kernel is for: int8/int4/uint4 codes
     stored "nk" or "mma", one scale per output row (block_n 1) over all of K or over groups
     of whole K steps."""
-    tile_k = (REGISTER_LHS_TILES_4BIT if blocks.is_four_bit(element_dtype) else REGISTER_LHS_TILES).tile_k
     return (jnp.dtype(element_dtype) in REGISTER_LHS_CODES and layout in REGISTER_LHS_LAYOUTS
-            and block_n == 1 and (block_k >= kp or block_k % tile_k == 0))
+            and block_n == 1 and (block_k >= kp or block_k % _tiles(element_dtype).tile_k == 0))
 
 
 def register_lhs_reason(*, element_dtype, x_dtype, block_k: int, block_n: int, layout: str,
@@ -377,7 +380,7 @@ def weight_only_matmul_register_lhs(x, values, scales, zeros=None, *, element_dt
                                     config: scaled_mosaic.MosaicGemmConfig | None = None):
     """x (M, k) bf16/f16 @ W stored "nk" or "mma" (values (Np, Kp) int8 or (Np, Kp/2) packed
     4-bit, scales and zeros (Np, Kp/block_k)) -> (M, n). Computes y^T = W x^T (weight rows
-    as wgmma's M) and transposes."""
+    as wgmma's M); a 16-bit y is stored transposed by the kernel, an f32 one by XLA."""
     m, k = x.shape
     np_ = values.shape[0]
     kp = values.shape[1] * (2 if blocks.is_four_bit(element_dtype) else 1)
