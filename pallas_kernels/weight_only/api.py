@@ -103,15 +103,22 @@ def unsupported_reason(x_shape, x_dtype, *, element_dtype, scale_dtype, block_k:
         return str(e)
     if impl == "mosaic" and mosaic_kernel.takes_register_lhs(element_dtype, block_k, block_n,
                                                              layout, kp):
+        if config is not None and not isinstance(config, mosaic_kernel.RegisterLhsConfig):
+            return (f"this weight takes the register-operand kernel, whose config is a "
+                    f"RegisterLhsConfig (scaled_gemm's MosaicGemmConfig), not {config!r}")
         why = mosaic_kernel.register_lhs_reason(
             element_dtype=element_dtype, x_dtype=x_dtype, block_k=block_k, block_n=block_n,
             layout=layout, kp=kp, np_=np_, out_dtype=out_dtype, has_zeros=has_zeros,
             has_global_scale=has_global_scale, interpret=interpret,
-            config=config if isinstance(config, mosaic_kernel.RegisterLhsConfig) else None)
+            config=config)
         if why is None and not _on_gpu():
             why = "impl='mosaic' runs natively only on a Hopper GPU"
         return why
     if impl == "mosaic":
+        if isinstance(config, mosaic_kernel.RegisterLhsConfig):
+            return (f"a RegisterLhsConfig is for the register-operand kernel, which takes "
+                    f"int8/int4/uint4 weights stored 'nk' or 'mma' with row scales; this "
+                    f"{jnp.dtype(element_dtype)} {layout!r} weight ({block_k=}) takes a MosaicConfig")
         why = mosaic_kernel.unsupported_reason(
             element_dtype=element_dtype, block_k=block_k, block_n=block_n, layout=layout, kp=kp,
             np_=np_, has_global_scale=has_global_scale, config=_mosaic_config(config, element_dtype))

@@ -188,6 +188,13 @@ def test_register_lhs_reasons(monkeypatch):
                                 layout="nk")
     with pytest.raises(NotImplementedError, match="multiple of 128"):
         api.weight_only_matmul(x, w96["values"], w96["scales"], impl="mosaic", **_static(w96))
+    with pytest.raises(NotImplementedError, match="whose config is a RegisterLhsConfig"):
+        api.weight_only_matmul(x, w["values"], w["scales"], w["zeros"], impl="mosaic",
+                               config=SMALL4, **_static(w))
+    kn = testing.random_weight(jax.random.key(0), testing.CASES_BY_LABEL["int8"], 256, 256)
+    with pytest.raises(NotImplementedError, match="takes a MosaicConfig"):
+        api.weight_only_matmul(x, kn["values"], kn["scales"], impl="mosaic",
+                               config=mosaic_kernel.REGISTER_LHS_TILES, **_static(kn))
     kw = dict(x_dtype=jnp.bfloat16, block_n=1, layout="nk", kp=1024, np_=256)
     assert "whole 128-deep steps" in mosaic_kernel.register_lhs_reason(
         element_dtype=jnp.int4, block_k=64, **kw)
