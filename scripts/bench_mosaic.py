@@ -100,10 +100,9 @@ def bench(args) -> list[dict]:
                     rows.append(_row(kernel="jax-mixed", fmt="int8", config=name, m=m, k=k, n=n, us=-1.0,
                                      error=f"{type(e).__name__}: {str(e)[:200]}"))
             del wts
-        for label, layout in itertools.product(args.formats, args.layouts):
+        layouts = ["kn"] if "kn" in args.kernels else args.layouts
+        for label, layout in itertools.product(args.formats, layouts):
             case = testing.CASES_BY_LABEL[label]
-            if "kn" in args.kernels:
-                layout = "kn"
             ws = [testing.random_weight(jax.random.key(100), case, k, n, layout=layout)]
             ws += [testing.random_weight(jax.random.key(100 + i), case, k, n, layout=layout)
                    for i in range(1, bench_util.copies_needed(testing.stored_bytes(ws[0])))]
