@@ -137,6 +137,12 @@ def code_bits(codes) -> int:
     return 4 if jnp.dtype(codes) in MIXED_4BIT else 8 * jnp.dtype(codes).itemsize
 
 
+def carries_zeros(codes, has_zeros: bool) -> bool:
+    """Whether the mixed product runs with zeros: given ones, or uint4 codes (decoded as
+    u - 8, `_decode`; the zeros carry the 8)."""
+    return has_zeros or jnp.dtype(codes) == jnp.uint4
+
+
 def unsupported_reason(*, element_dtype, kp: int, np_: int, groups: int,
                        config: MosaicGemmConfig, b_dtype=None, out_dtype=jnp.bfloat16,
                        a_layout: str = "nk", has_zeros: bool = False,
@@ -181,7 +187,7 @@ def unsupported_reason(*, element_dtype, kp: int, np_: int, groups: int,
     if code_bits(edt) == 4 and (jnp.dtype(b_dtype) != jnp.bfloat16 or c.tile_k < 64):
         return (f"4-bit codes take bf16 b (the native int4 -> bf16 upcast) and tile_k >= 64 "
                 f"(32-byte rows); got {jnp.dtype(b_dtype)}, tile_k={c.tile_k}")
-    zeros = has_zeros or edt == jnp.uint4  # uint4 codes always carry zeros (see `_decode`)
+    zeros = carries_zeros(edt, has_zeros)
     need = smem_bytes(config, edt, jnp.dtype(out_dtype).itemsize, b_dtype,
                       promote=groups > 1 or zeros, zeros=zeros)
     if need > SMEM_LIMIT:

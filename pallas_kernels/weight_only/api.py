@@ -165,10 +165,10 @@ def unsupported_reason(x_shape, x_dtype, *, element_dtype, scale_dtype, block_k:
     return None
 
 
-def _mosaic_config(config, element_dtype):
-    """`config` may be a MosaicConfig or a RegisterLhsConfig; a TileConfig's tile sizes
-    carry over; None: `mosaic_kernel.default_config`."""
-    if isinstance(config, (mosaic_kernel.MosaicConfig, mosaic_kernel.RegisterLhsConfig)):
+def _mosaic_config(config, element_dtype) -> mosaic_kernel.MosaicConfig:
+    """The one-warpgroup kernel's config: `config` may be a MosaicConfig; a TileConfig's
+    tile sizes carry over; None: `mosaic_kernel.default_config`."""
+    if isinstance(config, mosaic_kernel.MosaicConfig):
         return config
     if config is None:
         return mosaic_kernel.default_config(element_dtype)
@@ -194,7 +194,7 @@ def _kernel_call(x, values, scales, zeros, global_scale, *, chosen, spec, cfg, o
         return mosaic_kernel.weight_only_matmul_register_lhs(
             x, values, scales, zeros, element_dtype=spec.element_dtype, layout=spec.layout,
             block_k=spec.block_k, n=spec.n, out_dtype=out_dtype,
-            config=cfg if isinstance(cfg, mosaic_kernel.RegisterLhsConfig) else None)
+            config=cfg)
     if chosen == "mosaic":
         return mosaic_kernel.weight_only_matmul_mosaic(
             x, values, scales, zeros, element_dtype=spec.element_dtype, block_k=spec.block_k,
@@ -323,8 +323,8 @@ def weight_only_matmul(x, values, scales, zeros=None, global_scale=None, *, elem
     spec = WeightSpec(element_dtype=jnp.dtype(element_dtype), scale_dtype=jnp.dtype(scales.dtype),
                       block_k=block_k, block_n=block_n, layout=layout, k=k, n=n, kp=kp, np_=np_,
                       has_zeros=zeros is not None, has_global_scale=global_scale is not None)
-    if chosen == "mosaic":
-        cfg = _mosaic_config(config, element_dtype)
+    if chosen == "mosaic":  # the register-operand kernel's config (None: its own) or the other's
+        cfg = config if register_lhs else _mosaic_config(config, element_dtype)
     else:
         cfg = config or choose_config(x.shape[0], spec, backend=chosen, device_kind=_device_kind())
     out = _batched_kernel_call(x, values, scales, zeros, global_scale, chosen=chosen, spec=spec,

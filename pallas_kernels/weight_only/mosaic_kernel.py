@@ -314,27 +314,22 @@ def _tiles(element_dtype) -> scaled_mosaic.MosaicGemmConfig:
     return REGISTER_LHS_TILES_4BIT if blocks.is_four_bit(element_dtype) else REGISTER_LHS_TILES
 
 
-def register_lhs_config(element_dtype, out_dtype, *, scaled_steps: bool = False,
+def register_lhs_config(element_dtype, out_dtype, *, block_k: int, kp: int,
                         has_zeros: bool = False) -> scaled_mosaic.MosaicGemmConfig:
     """The measured tiles for these codes, made to fit shared memory with this output dtype
-    and the per-step scale (and zero) rows of grouped weights (`scaled_steps`): fewer
-    stages first, then half the rows of x."""
+    and, when the kernel scales per K step (groups shorter than Kp, or zeros), the step's
+    scale and zero rows: fewer stages first, then half the rows of x."""
     base = c = _tiles(element_dtype)
-    has_zeros = has_zeros or jnp.dtype(element_dtype) == jnp.uint4  # uint4 always has zeros
+    zeros = scaled_mosaic.carries_zeros(element_dtype, has_zeros)
     for tile_n in (base.tile_n, base.tile_n // 2):
         for steps in range(base.max_concurrent_steps, 1, -1):
             c = dataclasses.replace(base, tile_n=tile_n, max_concurrent_steps=steps)
             need = scaled_mosaic.smem_bytes(c, element_dtype, jnp.dtype(out_dtype).itemsize,
-                                            jnp.bfloat16, promote=scaled_steps, zeros=has_zeros)
+                                            jnp.bfloat16, promote=block_k < kp or zeros,
+                                            zeros=zeros)
             if need <= scaled_mosaic.SMEM_LIMIT:
                 return c
     return c
-
-
-def _scaled_steps(element_dtype, block_k: int, kp: int, has_zeros: bool) -> bool:
-    """Whether the kernel scales the decoded rows per K step (groups, zeros, uint4) rather
-    than once in the epilogue."""
-    return block_k < kp or has_zeros or jnp.dtype(element_dtype) == jnp.uint4
 
 
 def takes_register_lhs(element_dtype, block_k: int, block_n: int, layout: str, kp: int) -> bool:
@@ -351,9 +346,7 @@ def register_lhs_reason(*, element_dtype, x_dtype, block_k: int, block_n: int, l
                         config: scaled_mosaic.MosaicGemmConfig | None = None) -> str | None:
     """Why `weight_only_matmul_register_lhs` cannot take this weight (None when it can)."""
     out_dtype = jnp.dtype(out_dtype or x_dtype)
-    config = config or register_lhs_config(element_dtype, out_dtype,
-                                           scaled_steps=_scaled_steps(element_dtype, block_k, kp,
-                                                                      has_zeros),
+    config = config or register_lhs_config(element_dtype, out_dtype, block_k=block_k, kp=kp,
                                            has_zeros=has_zeros)
     if not takes_register_lhs(element_dtype, block_k, block_n, layout, kp):
         return (f"the register-operand kernel takes {', '.join(map(str, REGISTER_LHS_CODES))} "
@@ -384,13 +377,10 @@ def weight_only_matmul_register_lhs(x, values, scales, zeros=None, *, element_dt
     m, k = x.shape
     np_ = values.shape[0]
     kp = values.shape[1] * (2 if blocks.is_four_bit(element_dtype) else 1)
-    config = config or register_lhs_config(
-        element_dtype, out_dtype, scaled_steps=_scaled_steps(element_dtype, block_k, kp,
-                                                             zeros is not None),
-        has_zeros=zeros is not None)
+    config = config or register_lhs_config(element_dtype, out_dtype, block_k=block_k, kp=kp,
+                                           has_zeros=zeros is not None)
     if blocks.is_four_bit(element_dtype):  # the same bytes, two int4 codes each (low first)
-        values = lax.bitcast_convert_type(values, jnp.int4).reshape(np_, -1)
-    kp = values.shape[1]
+        values = lax.bitcast_convert_type(values, jnp.int4).reshape(np_, kp)
     mp = -(-m // config.cta_n) * config.cta_n
     xp = jnp.pad(x, ((0, mp - m), (0, kp - k)))
     # Each output tile is stored transposed (y, not y^T: 5-7% faster than XLA's transpose
