@@ -206,11 +206,13 @@ def _decode_kernel_configs(m):
             out.append(TileConfig(block_m=bm, block_n=bn, block_k=128, num_warps=w, num_stages=st,
                                   kernel="kgemv", unroll=u))
     if m <= 64:  # tensor-core GEMV (mma.sync, weight as the 16-row operand): chunk 128 (4-bit) or 64 (int8)
-        for w, u, tn in [(4, 2, 1), (4, 2, 2), (4, 1, 2), (4, 1, 4), (2, 2, 2), (2, 2, 4), (8, 1, 2), (4, 4, 1),
-                         (2, 4, 2), (8, 2, 1)]:
+        # (warps, unroll, tiles per warp) x (x as it is, x in fragment order)
+        for (w, u, tn), xm in itertools.product([(4, 2, 1), (4, 2, 2), (4, 1, 2), (4, 1, 4), (2, 2, 2), (2, 2, 4),
+                                                 (8, 1, 2), (4, 4, 1), (2, 4, 2), (8, 2, 1), (4, 1, 1), (8, 1, 1)],
+                                                (1, 2)):
             for bk in (128, 64):
                 out.append(TileConfig(block_m=mma_block_m(m), block_n=16 * w * tn, block_k=bk, num_warps=w,
-                                      num_stages=1, kernel="mma", unroll=u))
+                                      num_stages=1, kernel="mma", unroll=u, x_mode=xm))
     if m <= 2:
         for bn, bk, w, st in [(256, 32, 4, 6), (256, 16, 4, 8), (512, 16, 8, 6)]:
             out.append(TileConfig(block_m=1, block_n=bn, block_k=bk, num_warps=w, num_stages=st, kernel="gemv"))
@@ -269,7 +271,7 @@ def bench_sweep(args) -> list[Row]:
                 for cfg in cfgs:
                     if cfg is not None and m <= 64:
                         cfg = dc.replace(cfg, split_k=wcfg.split_for(spec, cfg, m))
-                    if cfg is not None and cfg.x_mode in (0, 2, 3) and not spec.four_bit:
+                    if cfg is not None and cfg.x_mode in (0, 2, 3) and not spec.four_bit and cfg.kernel != "mma":
                         cfg = dc.replace(cfg, x_mode=1)  # x modes only differ for 4-bit codes
                     if cfg is not None and cfg.check(spec):
                         continue

@@ -120,7 +120,8 @@ class TileConfig:
     fast_decode: bool = True
     pre_scale: bool = False  # scale the tile before the dot even inside one block (prefill)
     x_mode: int = 1  # 4-bit, Triton: 0 split a loaded x tile, 1 load even/odd k, 2 interleave w,
-    #                  3 (swapab) x reordered per K tile into [even k; odd k] by XLA, two dots
+    #                  3 (swapab) x reordered per K tile into [even k; odd k] by XLA, two dots;
+    #                  mma (any codes): 1 x as it is, 2 x in the lanes' load order (XLA)
     kernel: str = "dot"  # Triton: "dot" (x @ W tiles), "gemv" (one x row per program),
     #                      "fma" (GEMV over <= 8 rows), "swapab" (W^T x^T on tensor cores),
     #                      "kgemv" (K-contiguous FMA GEMV over <= 8 rows, f32 upcast)
@@ -144,6 +145,9 @@ class TileConfig:
             raise ValueError(f"x_mode={self.x_mode} must be 0, 1, 2 or 3")
         if self.x_mode == 3 and self.kernel != "swapab":
             raise ValueError(f"x_mode=3 (x reordered into even/odd k) is a 'swapab' mode, not {self.kernel!r}'s")
+        if self.kernel == "mma" and self.x_mode not in (1, 2):
+            raise ValueError(f"kernel='mma' reads x as it is (x_mode=1) or in fragment order (x_mode=2), "
+                             f"got x_mode={self.x_mode}")
         if self.kernel == "mma" and self.unroll not in (1, 2, 4):
             raise ValueError(f"kernel='mma' prefetches unroll = 1, 2 or 4 chunks per loop step (got {self.unroll})")
         if self.kernel == "mma" and (self.block_m not in (8, 16)
@@ -325,8 +329,11 @@ def choose_config(m: int, spec: WeightSpec, *, backend: str = "triton",
         if (cfg := tuned_config(m, spec, device_kind)) is not None:
             return cfg
     if spec.layout == "mma":  # the tensor-core GEMV is the one kernel that reads "mma"
+        # x in fragment order from M=3: read as it is, each of a warp's x loads touches 2 cache
+        # lines per distinct row (16 at M >= 8), against 4 in fragment order (BENCHMARKS.md,
+        # session 11: 4-bit codes at M=16 1.16-1.27x faster on an H100, M=1 2-3% slower)
         cfg = TileConfig(block_m=mma_block_m(m), block_n=128, block_k=blocks.mma_chunk_k(spec.element_dtype),
-                         num_warps=4, num_stages=1, unroll=1, kernel="mma")
+                         num_warps=4, num_stages=1, unroll=1, kernel="mma", x_mode=2 if m > 2 else 1)
         return dataclasses.replace(cfg, split_k=split_for(spec, cfg, m))
     bk_scale = spec.block_k
     if m <= 64:  # decode: memory-bound GEMV-like

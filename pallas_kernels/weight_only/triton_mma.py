@@ -34,9 +34,12 @@ Layout and fragments (out^T = W x^T; a warp owns TN tiles of 16 weight rows):
        512-byte runs (measured: +10-25% bandwidth over the "nk" rows; probe in
        BENCHMARKS.md), and orders the codes inside each word so that the upcast's pairs are
        consecutive K values.
-    B  x^T in plain (M, K) order: lane (g, t) loads 16-byte vectors of x row 8b + g (row M - 1
-       past M; those columns are dropped) at the same K values, so its registers already hold
-       the K pairs the A pairs meet. No prologue: x is read as it is.
+    B  x^T: lane (g, t) loads 16-byte vectors of x row 8b + g (row M - 1 past M; those
+       columns are dropped) at the same K values, so its registers already hold the K pairs
+       the A pairs meet. x_mode 1 reads x as it is (no prologue); then each vector load of
+       a warp touches 8 rows, 16 cache lines, which at 16 rows of x costs more than the
+       weight's own loads. x_mode 2 has XLA put x in the lanes' load order first
+       (`fragment_order_x`; it fuses into whatever produces x), 512 contiguous bytes per load.
     C  f32 accumulators: lane (g, t) holds out[8b + 2t (+1)] of weight rows g and g + 8.
        A scale block's sum starts from zero, loses the offsets' share, is multiplied by its
        scales and added to the total; per-channel scales apply once after the loop.
@@ -275,7 +278,7 @@ if triton is not None:
         return wg, wh, s, z
 
     @triton.jit
-    def _block(a, xp, ELEM: tl.constexpr, BF16: tl.constexpr, TN: tl.constexpr):
+    def _block(a, xp, ELEM: tl.constexpr, BF16: tl.constexpr, TN: tl.constexpr, XV: tl.constexpr):
         """One n8 block of x rows, one chunk: (the tiles' sums (TN * R, 4), the lane's sums
         of x (R, 4)); int8: the hi plane's sums * 16 + the lo plane's."""
         if BF16:
@@ -283,7 +286,7 @@ if triton is not None:
         else:
             ONES: tl.constexpr = _ONES_F16
         x0 = tl.load(xp)
-        x1 = tl.load(xp + 4)
+        x1 = tl.load(xp + XV)
         ones = tl.full(x0.shape, ONES, tl.int32)
         zl = tl.zeros(x0.shape, tl.float32)
         zt = tl.zeros((TN * x0.shape[0], 4), tl.float32)
@@ -296,8 +299,8 @@ if triton is not None:
             hi = _mma2(a[6], a[7], _rep(x1, TN), hi, BF16)
             acc = acc + 16.0 * hi
         else:  # 4-bit: 4 x vectors, 2 K steps each
-            x2 = tl.load(xp + 8)
-            x3 = tl.load(xp + 12)
+            x2 = tl.load(xp + 2 * XV)
+            x3 = tl.load(xp + 3 * XV)
             xs = _mma2(ones, ones, x2, xs, BF16)
             xs = _mma2(ones, ones, x3, xs, BF16)
             acc = _mma2(a[2], a[3], _rep(x1, TN), acc, BF16)
@@ -306,22 +309,22 @@ if triton is not None:
         return acc, xs
 
     @triton.jit
-    def _block_float(a, xp, acc, ELEM: tl.constexpr, TN: tl.constexpr):
+    def _block_float(a, xp, acc, ELEM: tl.constexpr, TN: tl.constexpr, XV: tl.constexpr):
         """acc + one n8 block of x rows times one chunk of float codes (bf16 x; no offsets)."""
         x0 = tl.load(xp)
-        x1 = tl.load(xp + 4)
+        x1 = tl.load(xp + XV)
         acc = _mma2(a[0], a[1], _rep(x0, TN), acc, True)
         acc = _mma2(a[2], a[3], _rep(x1, TN), acc, True)
         if ELEM == 4:
-            x2 = tl.load(xp + 8)
-            x3 = tl.load(xp + 12)
+            x2 = tl.load(xp + 2 * XV)
+            x3 = tl.load(xp + 3 * XV)
             acc = _mma2(a[4], a[5], _rep(x2, TN), acc, True)
             acc = _mma2(a[6], a[7], _rep(x3, TN), acc, True)
         return acc
 
     @triton.jit
-    def _consume_float(f, c, x0, x1, tot0, tot1, ELEM: tl.constexpr, CK: tl.constexpr, MODE: tl.constexpr,
-                       NB: tl.constexpr, TN: tl.constexpr, NF: tl.constexpr, FAC: tl.constexpr):
+    def _consume_float(f, c, x0, x1, tot0, tot1, ELEM: tl.constexpr, XC: tl.constexpr, XV: tl.constexpr,
+                       MODE: tl.constexpr, NB: tl.constexpr, TN: tl.constexpr, NF: tl.constexpr, FAC: tl.constexpr):
         """tot += chunk c's product: MODE 2 with the scales in the factors, MODE 0 (scales after
         the loop) straight into tot, MODE 1 from zero, times its scales."""
         wg, wh, s, z = f
@@ -332,32 +335,32 @@ if triton is not None:
         a = _upcast_float(wg, wh, fac, ELEM, NF)
         if MODE == 1:
             zt = tl.zeros(tot0.shape, tl.float32)
-            tot0 += _block_float(a, x0 + c * (CK // 2), zt, ELEM, TN) * s
+            tot0 += _block_float(a, x0 + c * XC, zt, ELEM, TN, XV) * s
             if NB == 2:
-                tot1 += _block_float(a, x1 + c * (CK // 2), zt, ELEM, TN) * s
+                tot1 += _block_float(a, x1 + c * XC, zt, ELEM, TN, XV) * s
         else:
-            tot0 = _block_float(a, x0 + c * (CK // 2), tot0, ELEM, TN)
+            tot0 = _block_float(a, x0 + c * XC, tot0, ELEM, TN, XV)
             if NB == 2:
-                tot1 = _block_float(a, x1 + c * (CK // 2), tot1, ELEM, TN)
+                tot1 = _block_float(a, x1 + c * XC, tot1, ELEM, TN, XV)
         return tot0, tot1
 
     @triton.jit
-    def _use(f, c, x0, x1, tot0, tot1, ELEM: tl.constexpr, BF16: tl.constexpr, CK: tl.constexpr,
+    def _use(f, c, x0, x1, tot0, tot1, ELEM: tl.constexpr, BF16: tl.constexpr, XC: tl.constexpr, XV: tl.constexpr,
              MODE: tl.constexpr, NB: tl.constexpr, TN: tl.constexpr, HAS_Z: tl.constexpr, OFF: tl.constexpr,
              NF: tl.constexpr, FAC: tl.constexpr):
         if ELEM >= 3:
-            return _consume_float(f, c, x0, x1, tot0, tot1, ELEM, CK, MODE, NB, TN, NF, FAC)
-        return _consume(f, c, x0, x1, tot0, tot1, ELEM, BF16, CK, MODE, NB, TN, HAS_Z, OFF)
+            return _consume_float(f, c, x0, x1, tot0, tot1, ELEM, XC, XV, MODE, NB, TN, NF, FAC)
+        return _consume(f, c, x0, x1, tot0, tot1, ELEM, BF16, XC, XV, MODE, NB, TN, HAS_Z, OFF)
 
     @triton.jit
-    def _consume(f, c, x0, x1, tot0, tot1, ELEM: tl.constexpr, BF16: tl.constexpr, CK: tl.constexpr,
+    def _consume(f, c, x0, x1, tot0, tot1, ELEM: tl.constexpr, BF16: tl.constexpr, XC: tl.constexpr, XV: tl.constexpr,
                  MODE: tl.constexpr, NB: tl.constexpr, TN: tl.constexpr, HAS_Z: tl.constexpr,
                  OFF: tl.constexpr):
         """tot += chunk c's product (fetched: f) less the offsets' (and zero points') share,
         times its scales (MODE 1)."""
         wg, wh, s, z = f
         a = _upcast(wg, wh, ELEM, BF16)
-        acc, xs = _block(a, x0 + c * (CK // 2), ELEM, BF16, TN)
+        acc, xs = _block(a, x0 + c * XC, ELEM, BF16, TN, XV)
         cz = z + OFF if HAS_Z else OFF
         d0 = acc - cz * _rep(xs, TN)
         if MODE == 1:
@@ -365,7 +368,7 @@ if triton is not None:
         else:
             tot0 += d0
         if NB == 2:
-            acc, xs = _block(a, x1 + c * (CK // 2), ELEM, BF16, TN)
+            acc, xs = _block(a, x1 + c * XC, ELEM, BF16, TN, XV)
             d1 = acc - cz * _rep(xs, TN)
             if MODE == 1:
                 tot1 += d1 * s
@@ -382,11 +385,16 @@ if triton is not None:
         HAS_G: tl.constexpr, MODE: tl.constexpr, NB: tl.constexpr, NW: tl.constexpr,
         CK: tl.constexpr, U: tl.constexpr, TN: tl.constexpr, OFF: tl.constexpr, MB: tl.constexpr,
         NF: tl.constexpr, FX: tl.constexpr, FC: tl.constexpr, FS: tl.constexpr, FAC: tl.constexpr,
+        XF: tl.constexpr,
     ):
         """Program (n, 0, s): NW warps, TN 16-row tiles of W each; x rows 16mb .. 16mb + 8 NB for mb < MB;
         chunks [s * CS, (s + 1) * CS) of the CT in K, U per loop step, loaded one step ahead
         (registers carried across the loop; the last step re-reads its own chunks, cache
-        hits), so a warp has U chunks of each tile in flight while it computes."""
+        hits), so a warp has U chunks of each tile in flight while it computes.
+
+        x: XF == 0 read as it is (a warp's 16-byte vector load spans 8 rows of x: 16 cache
+        lines); XF == 1 in fragment order (`fragment_order_x`: each vector load is 512
+        contiguous bytes)."""
         BF16: tl.constexpr = x_ptr.dtype.element_ty == tl.bfloat16
         R0: tl.constexpr = 32 * NW  # threads: lane tensors (x, its sums, output rows) are (R0, 4)
         R: tl.constexpr = TN * R0  # tile tensors (weights, scales, sums): thread r % R0 holds row r
@@ -409,13 +417,20 @@ if triton is not None:
         KL: tl.constexpr = CK // 4
         sf = ((tile * 16 + (rr % 32) // 4)[:, None] + 8 * (j % 2)) * ssn
         sf += (((rr % 4) * KL)[:, None] + (j // 2) * (KL // 2) * (NF - 1)) // SBK * ssk
+        # x words per chunk (XC) and between a lane's vectors of one chunk (XV)
+        XC: tl.constexpr = NB * (CK // 32) * 128 if XF else CK // 2
+        XV: tl.constexpr = 128 if XF else 4
         # Rows of x by 16 (MB > 1: M > 16; unrolled, so M <= 16 compiles to one pass): the
         # program's weight slice is read from HBM once, again from L2 for the next 16 rows (and
         # upcast again).
         for mb in tl.static_range(MB):
             m0 = mb * 16
-            x0 = xq + (tl.minimum(m0 + g, M - 1) * sxm + t * (CK // 8))[:, None] + j
-            x1 = xq + (tl.minimum(m0 + 8 + g, M - 1) * sxm + t * (CK // 8))[:, None] + j
+            if XF:  # (MB, CT, NB, CK / 32, 32 lanes, 4) words
+                x0 = xq + (mb * CT * XC + (r0 % 32) * 4)[:, None] + j
+                x1 = x0 + (CK // 32) * 128
+            else:  # rows of x by lane, K runs by t
+                x0 = xq + (tl.minimum(m0 + g, M - 1) * sxm + t * (CK // 8))[:, None] + j
+                x1 = xq + (tl.minimum(m0 + 8 + g, M - 1) * sxm + t * (CK // 8))[:, None] + j
             tot0 = tl.zeros((R, 4), tl.float32)
             tot1 = tl.zeros((R, 4), tl.float32)
             p0 = _fetch(base, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FX, FC, FS)
@@ -439,14 +454,14 @@ if triton is not None:
                 if U == 4:
                     p2 = _fetch(nx + 2, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FX, FC, FS)
                     p3 = _fetch(nx + 3, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FX, FC, FS)
-                tot0, tot1 = _use(q0, base + c0, x0, x1, tot0, tot1, ELEM, BF16, CK, MODE, NB, TN, HAS_Z, OFF, NF, FAC)
+                tot0, tot1 = _use(q0, base + c0, x0, x1, tot0, tot1, ELEM, BF16, XC, XV, MODE, NB, TN, HAS_Z, OFF, NF, FAC)
                 if U >= 2:
-                    tot0, tot1 = _use(q1, base + c0 + 1, x0, x1, tot0, tot1, ELEM, BF16, CK, MODE, NB, TN,
+                    tot0, tot1 = _use(q1, base + c0 + 1, x0, x1, tot0, tot1, ELEM, BF16, XC, XV, MODE, NB, TN,
                                       HAS_Z, OFF, NF, FAC)
                 if U == 4:
-                    tot0, tot1 = _use(q2, base + c0 + 2, x0, x1, tot0, tot1, ELEM, BF16, CK, MODE, NB, TN,
+                    tot0, tot1 = _use(q2, base + c0 + 2, x0, x1, tot0, tot1, ELEM, BF16, XC, XV, MODE, NB, TN,
                                       HAS_Z, OFF, NF, FAC)
-                    tot0, tot1 = _use(q3, base + c0 + 3, x0, x1, tot0, tot1, ELEM, BF16, CK, MODE, NB, TN,
+                    tot0, tot1 = _use(q3, base + c0 + 3, x0, x1, tot0, tot1, ELEM, BF16, XC, XV, MODE, NB, TN,
                                       HAS_Z, OFF, NF, FAC)
             if MODE == 0:
                 s = _decode_scale(_ld_nc(s_ptr + n_out * ssn), SCALE)
@@ -474,16 +489,33 @@ def _float_factors(bias: int) -> dict:
                 FS=2.0 ** fx)
 
 
+def fragment_order_x(x, kp: int, ck: int, nb: int):
+    """x (M, K) -> the words each lane of `_mma_kernel` loads, in load order (x_mode 2): x
+    padded with zero rows to whole 16-row passes (8 rows when nb == 1) and to kp columns, as
+    (passes, chunks, nb n8 blocks, ck / 32 vectors, 8 rows g, 4 runs t, 4 words, 2 halves): each
+    vector load of a warp then reads 512 contiguous bytes instead of 64 bytes of 8 rows."""
+    m, k = x.shape
+    rows = 8 * nb
+    mp = -(-m // rows) * rows
+    xp = jnp.pad(x, ((0, mp - m), (0, kp - k)))
+    nv = ck // 32
+    v = xp.reshape(mp // rows, nb, 8, kp // ck, 4, nv, 4, 2)
+    return v.transpose(0, 3, 1, 5, 2, 4, 6, 7).reshape(mp, kp)
+
+
 def mma_args(x, arrays, ints, consts, *, spec, cfg):
     """`mma`'s inputs, constexprs and grid from the shared launch arguments
-    (`triton_kernel.triton_launch`; `TileConfig.check` has vetted spec and cfg). x is read as
-    it is, zero-padded along K only when K is not the stored kp."""
+    (`triton_kernel.triton_launch`; `TileConfig.check` has vetted spec and cfg). x_mode 1
+    reads x as it is, zero-padded along K only when K is not the stored kp; x_mode 2 in
+    fragment order."""
     _, w, s, z, g = arrays
     m = x.shape[0]
-    if x.shape[1] != spec.kp:
-        x = jnp.pad(x, ((0, 0), (0, spec.kp - x.shape[1])))
     edt = jnp.dtype(spec.element_dtype)
     ck = blocks.mma_chunk_k(edt)
+    if cfg.x_mode == 2:
+        x = fragment_order_x(x, spec.kp, ck, cfg.block_m // 8)
+    elif x.shape[1] != spec.kp:
+        x = jnp.pad(x, ((0, 0), (0, spec.kp - x.shape[1])))
     chunks = spec.kp // ck
     if spec.block_k >= spec.kp:
         mode = 0  # per channel: scales after the loop
@@ -501,6 +533,6 @@ def mma_args(x, arrays, ints, consts, *, spec, cfg):
         **{k: consts[k] for k in ("ELEM", "SCALE", "SBK", "HAS_Z", "HAS_G")},
         MODE=mode, NB=cfg.block_m // 8, NW=cfg.num_warps, CK=ck, U=cfg.unroll,
         TN=cfg.block_n // (16 * cfg.num_warps), OFF=0.0 if edt in FLOAT_BIAS else offset(edt, xt),
-        MB=-(-m // 16), NF=nf, **_float_factors(FLOAT_BIAS.get(edt, 0)))
+        MB=-(-m // 16), NF=nf, XF=int(cfg.x_mode == 2), **_float_factors(FLOAT_BIAS.get(edt, 0)))
     grid = (-(-nt // (cfg.block_n // 16)), 1, cfg.split_k)
     return (x, w, s, z, g), params, grid

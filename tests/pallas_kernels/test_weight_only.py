@@ -169,13 +169,15 @@ class TestWeightOnlyGPU(TestWeightOnlyKernels):
     @pytest.mark.parametrize("label", ["int8", "int4-g128", "uint4-g128", "fp8", "mxfp8", "mxfp4", "nvfp4"])
     @pytest.mark.parametrize("m,warps,unroll,tiles,split", [(1, 4, 1, 2, 1), (3, 2, 2, 1, 2), (8, 4, 4, 1, 1),
                                                             (13, 2, 2, 2, 2), (16, 8, 1, 1, 4), (40, 4, 2, 2, 1)])
-    def test_mma_kernel(self, label, m, warps, unroll, tiles, split, interpret):
+    @pytest.mark.parametrize("x_mode", [1, 2])
+    def test_mma_kernel(self, label, m, warps, unroll, tiles, split, x_mode, interpret):
         """The tensor-core GEMV (triton_mma) with explicit tiles: odd M over one or two n8
-        blocks (and M > 16 over programs), K and N off the tile (padded), split K."""
+        blocks (and M > 16 over programs), K and N off the tile (padded), split K, x as it is
+        or in fragment order."""
         case = testing.CASES_BY_LABEL[label]
         cfg = TileConfig(kernel="mma", block_m=8 if m <= 8 else 16, block_n=16 * warps * tiles,
                          block_k=blocks.mma_chunk_k(case.element_dtype), num_warps=warps, num_stages=1,
-                         unroll=unroll, split_k=split)
+                         unroll=unroll, split_k=split, x_mode=x_mode)
         _check(case, m, 1000, 376, "mma", "triton", interpret, config=cfg)
 
     @pytest.mark.parametrize("label", ["int8", "int4-g128", "uint4-g128"])

@@ -1,6 +1,7 @@
 """Tile configs: the tuned decode table (written by `scripts/bench_kernels.py --sweep
 --write-table`, read by `choose_config`) and the validation of decode-kernel tiles."""
 
+import dataclasses
 import json
 
 import jax.numpy as jnp
@@ -100,10 +101,20 @@ def test_fma_rows_and_invalid_entries(table):
     (dict(kernel="wgmma", block_m=16), "kernel='wgmma'"),
     (dict(kernel="dot", block_m=16, x_mode=3), "x_mode=3"),
     (dict(kernel="swapab", block_m=16, x_mode=4), "x_mode=4"),
+    (dict(kernel="mma", block_m=16, x_mode=0, num_warps=4), "fragment order"),
 ])
 def test_decode_tile_validation(kw, msg):
     with pytest.raises(ValueError, match=msg):
         wcfg.TileConfig(block_n=128, block_k=64, **kw)
+
+
+@pytest.mark.parametrize("m,x_mode", [(1, 1), (2, 1), (3, 2), (16, 2), (32, 2)])
+def test_mma_reads_x_in_fragment_order_from_three_rows(m, x_mode):
+    """The heuristic (no tuned table) for "mma" weights: x as it is for M <= 2 (its loads touch
+    at most 4 cache lines), in fragment order beyond."""
+    mma = dataclasses.replace(spec(), layout="mma")
+    cfg = wcfg.choose_config(m, mma)
+    assert (cfg.kernel, cfg.x_mode) == ("mma", x_mode)
 
 
 def test_decode_kernels_need_the_tile_inside_one_scale_block():

@@ -140,6 +140,34 @@ def test_mma_kernel_math_matches_reference(label, xt):
     np.testing.assert_allclose(got, np.asarray(ref), rtol=1e-5, atol=1e-4 * float(jnp.abs(ref).max()))
 
 
+@pytest.mark.parametrize("ck", [128, 64])  # 4-bit and 8-bit chunks
+@pytest.mark.parametrize("m,nb", [(1, 1), (5, 1), (16, 2), (13, 2), (27, 2)])
+def test_fragment_order_x_is_what_each_lane_loads(ck, m, nb):
+    """x_mode 2's x, read at the kernel's fragment-order addresses (pass mb, chunk c, n8 block
+    b, vector v, lane 4g + t, word j: word (((mb * CT + c) * NB + b) * NV + v) * 128 + 4 lane
+    + j), holds what x_mode 1 reads at row 16 mb + 8 b + g, word c * ck / 2 + t * ck / 8 + 4 v
+    + j, for every lane of every load; rows past M are zeros (their outputs are dropped)."""
+    k, kp = 3 * ck - 6, 3 * ck
+    x = jax.random.normal(jax.random.key(m), (m, k), jnp.float32).astype(jnp.bfloat16)
+    xf = np.asarray(triton_mma.fragment_order_x(x, kp, ck, nb)).reshape(-1).view(np.uint32)
+    plain = np.zeros((-(-m // (8 * nb)) * 8 * nb, kp), np.float32)
+    plain[:m, :k] = np.asarray(x, np.float32)
+    words = plain.astype(jnp.bfloat16).view(np.uint32)  # (rows, kp / 2)
+    ct, nv = kp // ck, ck // 32
+    seen = 0
+    for mb in range(words.shape[0] // (8 * nb)):
+        for c in range(ct):
+            for b in range(nb):
+                for v in range(nv):
+                    for lane in range(32):
+                        g, t = divmod(lane, 4)
+                        at = (((mb * ct + c) * nb + b) * nv + v) * 128 + 4 * lane
+                        want = words[8 * nb * mb + 8 * b + g, c * ck // 2 + t * ck // 8 + 4 * v:][:4]
+                        np.testing.assert_array_equal(xf[at:at + 4], want)
+                        seen += 4
+    assert seen == xf.size
+
+
 @pytest.mark.parametrize("label", ["int4-g128", "uint4-g128", "int8"])
 def test_upcast_gives_magic_plus_code_on_every_byte(label):
     """One LOP3 per pair: bf16 128 + code (int4: 136 + code; int8: its two nibble planes)."""
