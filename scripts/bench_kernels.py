@@ -193,7 +193,7 @@ def _decode_kernel_configs(m):
     one-row GEMV (M <= 2) and the FMA GEMV (M <= 8) without tensor cores, swap-AB (every M;
     x_mode 3 for 4-bit codes) and `dot` tiles (even/odd x dots or interleaved nibbles). Tile
     K 16..256; `TileConfig.check` drops the tiles a format cannot take."""
-    from pallas_kernels.weight_only.config import TileConfig, mma_block_m
+    from pallas_kernels.weight_only.config import TileConfig, mma_block_m, mma_x_mode
     out = []
     if m <= 8:  # kgemv: K tile 128 (across g16/g32 blocks; 32-long tiles were ~2x slower in
         # every session-3/4 sweep), up to 1024 K per step
@@ -206,13 +206,13 @@ def _decode_kernel_configs(m):
             out.append(TileConfig(block_m=bm, block_n=bn, block_k=128, num_warps=w, num_stages=st,
                                   kernel="kgemv", unroll=u))
     if m <= 64:  # tensor-core GEMV (mma.sync, weight as the 16-row operand): chunk 128 (4-bit) or 64 (int8)
-        # (warps, unroll, tiles per warp) x (x as it is, x in fragment order)
-        for (w, u, tn), xm in itertools.product([(4, 2, 1), (4, 2, 2), (4, 1, 2), (4, 1, 4), (2, 2, 2), (2, 2, 4),
-                                                 (8, 1, 2), (4, 4, 1), (2, 4, 2), (8, 2, 1), (4, 1, 1), (8, 1, 1)],
-                                                (1, 2)):
+        # (warps, unroll, tiles per warp); x as `mma_x_mode` reads it at this M (the chooser
+        # derives it from M, as block_m)
+        for w, u, tn in [(4, 2, 1), (4, 2, 2), (4, 1, 2), (4, 1, 4), (2, 2, 2), (2, 2, 4), (8, 1, 2), (4, 4, 1),
+                         (2, 4, 2), (8, 2, 1), (4, 1, 1), (8, 1, 1)]:
             for bk in (128, 64):
                 out.append(TileConfig(block_m=mma_block_m(m), block_n=16 * w * tn, block_k=bk, num_warps=w,
-                                      num_stages=1, kernel="mma", unroll=u, x_mode=xm))
+                                      num_stages=1, kernel="mma", unroll=u, x_mode=mma_x_mode(m)))
     if m <= 2:
         for bn, bk, w, st in [(256, 32, 4, 6), (256, 16, 4, 8), (512, 16, 8, 6)]:
             out.append(TileConfig(block_m=1, block_n=bn, block_k=bk, num_warps=w, num_stages=st, kernel="gemv"))

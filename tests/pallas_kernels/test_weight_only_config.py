@@ -108,13 +108,27 @@ def test_decode_tile_validation(kw, msg):
         wcfg.TileConfig(block_n=128, block_k=64, **kw)
 
 
-@pytest.mark.parametrize("m,x_mode", [(1, 1), (2, 1), (3, 2), (16, 2), (32, 2)])
-def test_mma_reads_x_in_fragment_order_from_three_rows(m, x_mode):
-    """The heuristic (no tuned table) for "mma" weights: x as it is for M <= 2 (its loads touch
-    at most 4 cache lines), in fragment order beyond."""
+@pytest.mark.parametrize("device_kind", [None, "NVIDIA H100 80GB HBM3"])
+@pytest.mark.parametrize("m,x_mode", [(1, 1), (4, 1), (8, 1), (9, 2), (16, 2), (32, 2)])
+def test_mma_reads_x_in_fragment_order_over_two_n8_blocks(m, x_mode, device_kind):
+    """"mma" weights, heuristic or tuned table: x as it is over one n8 block of x, in
+    fragment order over two (the table's entries are adapted to M, as block_m is)."""
     mma = dataclasses.replace(spec(), layout="mma")
+    cfg = wcfg.choose_config(m, mma, device_kind=device_kind)
+    assert (cfg.kernel, cfg.block_m, cfg.x_mode) == ("mma", 8 if m <= 8 else 16, x_mode)
+
+
+@pytest.mark.parametrize("element,block_k,m,split", [
+    (jnp.int4, 128, 1, 28), (jnp.int4, 128, 4, 14), (jnp.int4, 128, 16, 14),
+    (jnp.int8, None, 1, 28), (jnp.int8, None, 4, 28), (jnp.int8, None, 16, 14)])
+def test_mma_split_counts_tiles_over_two_n8_blocks_or_few_rows_of_4_bit_codes(element, block_k, m, split):
+    """14336x4096 in 128-row programs (32 of them): enough programs (4 per SM, 528) for one
+    row of x and for int8 over one n8 block; 16-row tiles (16 per SM, 2112 of 256) otherwise.
+    The split is the smallest divisor of the K chunks (112 of 128 4-bit codes, 224 of 64
+    int8) that reaches the target."""
+    mma = dataclasses.replace(spec(element, block_k, k=14336, n=4096), layout="mma")
     cfg = wcfg.choose_config(m, mma)
-    assert (cfg.kernel, cfg.x_mode) == ("mma", x_mode)
+    assert (cfg.block_n, cfg.split_k) == (128, split)
 
 
 def test_decode_kernels_need_the_tile_inside_one_scale_block():
