@@ -193,7 +193,7 @@ def _decode_kernel_configs(m):
     one-row GEMV (M <= 2) and the FMA GEMV (M <= 8) without tensor cores, swap-AB (every M;
     x_mode 3 for 4-bit codes) and `dot` tiles (even/odd x dots or interleaved nibbles). Tile
     K 16..256; `TileConfig.check` drops the tiles a format cannot take."""
-    from pallas_kernels.weight_only.config import TileConfig, mma_block_m, mma_x_mode
+    from pallas_kernels.weight_only.config import TileConfig, mma_block_m
     out = []
     if m <= 8:  # kgemv: K tile 128 (across g16/g32 blocks; 32-long tiles were ~2x slower in
         # every session-3/4 sweep), up to 1024 K per step
@@ -206,13 +206,12 @@ def _decode_kernel_configs(m):
             out.append(TileConfig(block_m=bm, block_n=bn, block_k=128, num_warps=w, num_stages=st,
                                   kernel="kgemv", unroll=u))
     if m <= 64:  # tensor-core GEMV (mma.sync, weight as the 16-row operand): chunk 128 (4-bit) or 64 (int8)
-        # (warps, unroll, tiles per warp); x as `mma_x_mode` reads it at this M (the chooser
-        # derives it from M, as block_m)
+        # (warps, unroll, tiles per warp); x_mode is set per format (`bench_sweep`)
         for w, u, tn in [(4, 2, 1), (4, 2, 2), (4, 1, 2), (4, 1, 4), (2, 2, 2), (2, 2, 4), (8, 1, 2), (4, 4, 1),
                          (2, 4, 2), (8, 2, 1), (4, 1, 1), (8, 1, 1)]:
             for bk in (128, 64):
                 out.append(TileConfig(block_m=mma_block_m(m), block_n=16 * w * tn, block_k=bk, num_warps=w,
-                                      num_stages=1, kernel="mma", unroll=u, x_mode=mma_x_mode(m)))
+                                      num_stages=1, kernel="mma", unroll=u))
     if m <= 2:
         for bn, bk, w, st in [(256, 32, 4, 6), (256, 16, 4, 8), (512, 16, 8, 6)]:
             out.append(TileConfig(block_m=1, block_n=bn, block_k=bk, num_warps=w, num_stages=st, kernel="gemv"))
@@ -271,7 +270,9 @@ def bench_sweep(args) -> list[Row]:
                 for cfg in cfgs:
                     if cfg is not None and m <= 64:
                         cfg = dc.replace(cfg, split_k=wcfg.split_for(spec, cfg, m))
-                    if cfg is not None and cfg.x_mode in (0, 2, 3) and not spec.four_bit and cfg.kernel != "mma":
+                    if cfg is not None and cfg.kernel == "mma":
+                        cfg = dc.replace(cfg, x_mode=wcfg.mma_x_mode(m, spec))  # derived, as the chooser does
+                    elif cfg is not None and cfg.x_mode in (0, 2, 3) and not spec.four_bit:
                         cfg = dc.replace(cfg, x_mode=1)  # x modes only differ for 4-bit codes
                     if cfg is not None and cfg.check(spec):
                         continue

@@ -198,14 +198,16 @@ def mma_block_m(m: int) -> int:
     return 8 if m <= 8 else 16
 
 
-def mma_x_mode(m: int) -> int:
-    """How the `mma` kernel reads x for M rows: in fragment order (2) over two n8 blocks, as
-    it is (1) over one. Read as it is, each of a warp's x loads touches 2 cache lines per
-    distinct row of x, 16 at M >= 8, against 4 in fragment order, which costs an XLA
-    transpose of x (~2 us where it does not fuse into x's producer). H100, session 11: at
-    M=16 fragment order is 1.16-1.27x faster for 4-bit codes; at M=4 and 8 x as it is wins
-    on 8 of 9 format x shape pairs."""
-    return 2 if m > 8 else 1
+def mma_x_mode(m: int, spec: WeightSpec) -> int:
+    """How the `mma` kernel reads x for M rows: in fragment order (2) for 4-bit codes over two
+    n8 blocks, else as it is (1). Read as it is, each of a warp's x loads touches 2 cache
+    lines per distinct row of x, 16 at M >= 8, against 4 in fragment order, which costs an
+    XLA transpose of x (~2 us where it does not fuse into x's producer). A 4-bit chunk of
+    weights meets twice the x of an 8-bit one. H100, session 11
+    (`benchmarks/session11/h100_mma_split_xmode.json`): at M=16 fragment order is 1.08-1.69x
+    faster for 4-bit codes and 0.93-0.99x for int8; at M=4 and 8 x as it is wins on 25 of 30
+    format x shape x M triples."""
+    return 2 if m > 8 and spec.four_bit else 1
 
 
 def mma_weight_reason(element_dtype, scale_dtype, block_k: int, block_n: int, kp: int) -> str | None:
@@ -249,11 +251,10 @@ def split_for(spec: WeightSpec, cfg: TileConfig, m: int, target: int = 4 * NUM_S
     `mma` over two n8 blocks of x, or over 3-8 rows of x with 4-bit codes, counts 16-row
     weight tiles instead of programs, 4 * target of them (16 per SM): with 128-row programs
     that is half the programs, half the split and half the f32 partial sums. Measured on an
-    H100 (session 11, `benchmarks/session11/h100_m16_split.json`, `h100_m4_m8_split_xmode.json`):
-    1.04-1.13x faster for int4, uint4, int8 and nvfp4 at M=16, 1.08-1.11x for int4 and nvfp4
-    at M=4 and 8; mxfp4's 64-row programs, whose split this leaves as it was, lost 10% with
-    half of it; int8 at M=4 and 8 lost 5-7% and M=1 up to 7% (int4), so those keep the
-    program target."""
+    H100 (session 11, `benchmarks/session11/h100_mma_split_xmode.json`): 4-bit codes 1.03-1.17x
+    faster at M=4, 8 and 16 (mxfp4's 64-row programs keep their split either way); int8
+    1.04-1.05x at M=16 on the 4096x14336 layers, 0.99x on 8192x28672, but 0.92-0.96x at M=4
+    and 8; at M=1 the program target was up to 7% faster (int4), so those keep it."""
     n_tiles, m_tiles = -(-spec.np_ // cfg.block_n), -(-m // cfg.block_m)
     if cfg.kernel == "mma":
         m_tiles = 1  # rows of x by 16 inside the program
@@ -323,7 +324,7 @@ def tuned_config(m: int, spec: WeightSpec, device_kind: str) -> TileConfig | Non
     if fields["kernel"] == "gemv":
         fields["block_m"] = 1
     elif fields["kernel"] == "mma":
-        fields["block_m"], fields["x_mode"] = mma_block_m(m), mma_x_mode(m)
+        fields["block_m"], fields["x_mode"] = mma_block_m(m), mma_x_mode(m, spec)
     elif fields["kernel"] in ("fma", "kgemv"):
         if m > 8:
             return None
@@ -351,7 +352,7 @@ def choose_config(m: int, spec: WeightSpec, *, backend: str = "triton",
             return cfg
     if spec.layout == "mma":  # the tensor-core GEMV is the one kernel that reads "mma"
         cfg = TileConfig(block_m=mma_block_m(m), block_n=128, block_k=blocks.mma_chunk_k(spec.element_dtype),
-                         num_warps=4, num_stages=1, unroll=1, kernel="mma", x_mode=mma_x_mode(m))
+                         num_warps=4, num_stages=1, unroll=1, kernel="mma", x_mode=mma_x_mode(m, spec))
         return dataclasses.replace(cfg, split_k=split_for(spec, cfg, m))
     bk_scale = spec.block_k
     if m <= 64:  # decode: memory-bound GEMV-like

@@ -109,12 +109,14 @@ def test_decode_tile_validation(kw, msg):
 
 
 @pytest.mark.parametrize("device_kind", [None, "NVIDIA H100 80GB HBM3"])
-@pytest.mark.parametrize("m,x_mode", [(1, 1), (4, 1), (8, 1), (9, 2), (16, 2), (32, 2)])
-def test_mma_reads_x_in_fragment_order_over_two_n8_blocks(m, x_mode, device_kind):
-    """"mma" weights, heuristic or tuned table: x as it is over one n8 block of x, in
-    fragment order over two (the table's entries are adapted to M, as block_m is)."""
-    mma = dataclasses.replace(spec(), layout="mma")
+@pytest.mark.parametrize("element,block_k", [(jnp.int4, 128), (jnp.int8, None)])
+@pytest.mark.parametrize("m", [1, 4, 8, 9, 16, 32])
+def test_mma_reads_x_in_fragment_order_for_4_bit_codes_over_two_n8_blocks(m, element, block_k, device_kind):
+    """"mma" weights, heuristic or tuned table: x in fragment order for 4-bit codes over two
+    n8 blocks of x, else as it is (the table's entries are adapted to M, as block_m is)."""
+    mma = dataclasses.replace(spec(element, block_k), layout="mma")
     cfg = wcfg.choose_config(m, mma, device_kind=device_kind)
+    x_mode = 2 if m > 8 and element == jnp.int4 else 1
     assert (cfg.kernel, cfg.block_m, cfg.x_mode) == ("mma", 8 if m <= 8 else 16, x_mode)
 
 
