@@ -39,7 +39,8 @@ Layout and fragments (out^T = W x^T; a warp owns TN tiles of 16 weight rows):
        the A pairs meet. x_mode 1 reads x as it is (no prologue); then each vector load of
        a warp touches 8 rows, 16 cache lines, which at 16 rows of x costs more than the
        weight's own loads. x_mode 2 has XLA put x in the lanes' load order first
-       (`fragment_order_x`; it fuses into whatever produces x), 512 contiguous bytes per load.
+       (`fragment_order_x`, a transpose that XLA may fuse into x's producer), 512 contiguous
+       bytes per load.
     C  f32 accumulators: lane (g, t) holds out[8b + 2t (+1)] of weight rows g and g + 8.
        A scale block's sum starts from zero, loses the offsets' share, is multiplied by its
        scales and added to the total; per-channel scales apply once after the loop.
@@ -387,7 +388,7 @@ if triton is not None:
         NF: tl.constexpr, FX: tl.constexpr, FC: tl.constexpr, FS: tl.constexpr, FAC: tl.constexpr,
         XF: tl.constexpr,
     ):
-        """Program (n, 0, s): NW warps, TN 16-row tiles of W each; x rows 16mb .. 16mb + 8 NB for mb < MB;
+        """Program (n, 0, s): NW warps, TN 16-row tiles of W each; x rows 8 NB mb .. 8 NB (mb + 1) for mb < MB;
         chunks [s * CS, (s + 1) * CS) of the CT in K, U per loop step, loaded one step ahead
         (registers carried across the loop; the last step re-reads its own chunks, cache
         hits), so a warp has U chunks of each tile in flight while it computes.
@@ -420,11 +421,11 @@ if triton is not None:
         # x words per chunk (XC) and between a lane's vectors of one chunk (XV)
         XC: tl.constexpr = NB * (CK // 32) * 128 if XF else CK // 2
         XV: tl.constexpr = 128 if XF else 4
-        # Rows of x by 16 (MB > 1: M > 16; unrolled, so M <= 16 compiles to one pass): the
-        # program's weight slice is read from HBM once, again from L2 for the next 16 rows (and
-        # upcast again).
+        # Rows of x in passes of 8 NB (MB > 1: M > 8 NB; unrolled, so M <= 8 NB compiles to one
+        # pass): the program's weight slice is read from HBM once, again from L2 for the next
+        # pass (and upcast again).
         for mb in tl.static_range(MB):
-            m0 = mb * 16
+            m0 = mb * 8 * NB
             if XF:  # (MB, CT, NB, CK / 32, 32 lanes, 4) words
                 x0 = xq + (mb * CT * XC + (r0 % 32) * 4)[:, None] + j
                 x1 = x0 + (CK // 32) * 128
@@ -533,6 +534,6 @@ def mma_args(x, arrays, ints, consts, *, spec, cfg):
         **{k: consts[k] for k in ("ELEM", "SCALE", "SBK", "HAS_Z", "HAS_G")},
         MODE=mode, NB=cfg.block_m // 8, NW=cfg.num_warps, CK=ck, U=cfg.unroll,
         TN=cfg.block_n // (16 * cfg.num_warps), OFF=0.0 if edt in FLOAT_BIAS else offset(edt, xt),
-        MB=-(-m // 16), NF=nf, XF=int(cfg.x_mode == 2), **_float_factors(FLOAT_BIAS.get(edt, 0)))
+        MB=-(-m // cfg.block_m), NF=nf, XF=int(cfg.x_mode == 2), **_float_factors(FLOAT_BIAS.get(edt, 0)))
     grid = (-(-nt // (cfg.block_n // 16)), 1, cfg.split_k)
     return (x, w, s, z, g), params, grid

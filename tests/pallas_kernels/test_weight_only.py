@@ -180,6 +180,15 @@ class TestWeightOnlyGPU(TestWeightOnlyKernels):
                          unroll=unroll, split_k=split, x_mode=x_mode)
         _check(case, m, 1000, 376, "mma", "triton", interpret, config=cfg)
 
+    @pytest.mark.parametrize("label", ["int4-g128", "int8", "nvfp4"])
+    @pytest.mark.parametrize("x_mode", [1, 2])
+    def test_mma_kernel_one_n8_block_over_more_rows(self, label, x_mode, interpret):
+        """An explicit block_m=8 (one n8 block per pass) with 21 rows of x: three passes."""
+        case = testing.CASES_BY_LABEL[label]
+        cfg = TileConfig(kernel="mma", block_m=8, block_n=128, block_k=blocks.mma_chunk_k(case.element_dtype),
+                         num_warps=4, num_stages=1, split_k=2, x_mode=x_mode)
+        _check(case, 21, 1000, 376, "mma", "triton", interpret, config=cfg)
+
     @pytest.mark.parametrize("label", ["int8", "int4-g128", "uint4-g128"])
     def test_mma_kernel_f16_x(self, label, interpret):
         """f16 activations: the f16 magic (1024) and f16 MMAs."""

@@ -141,12 +141,12 @@ def test_mma_kernel_math_matches_reference(label, xt):
 
 
 @pytest.mark.parametrize("ck", [128, 64])  # 4-bit and 8-bit chunks
-@pytest.mark.parametrize("m,nb", [(1, 1), (5, 1), (16, 2), (13, 2), (27, 2)])
+@pytest.mark.parametrize("m,nb", [(1, 1), (5, 1), (13, 1), (16, 2), (13, 2), (27, 2)])
 def test_fragment_order_x_is_what_each_lane_loads(ck, m, nb):
     """x_mode 2's x, read at the kernel's fragment-order addresses (pass mb, chunk c, n8 block
     b, vector v, lane 4g + t, word j: word (((mb * CT + c) * NB + b) * NV + v) * 128 + 4 lane
-    + j), holds what x_mode 1 reads at row 16 mb + 8 b + g, word c * ck / 2 + t * ck / 8 + 4 v
-    + j, for every lane of every load; rows past M are zeros (their outputs are dropped)."""
+    + j), holds what x_mode 1 reads at row 8 NB mb + 8 b + g, word c * ck / 2 + t * ck / 8 +
+    4 v + j, for every lane of every load; rows past M are zeros (their outputs are dropped)."""
     k, kp = 3 * ck - 6, 3 * ck
     x = jax.random.normal(jax.random.key(m), (m, k), jnp.float32).astype(jnp.bfloat16)
     xf = np.asarray(triton_mma.fragment_order_x(x, kp, ck, nb)).reshape(-1).view(np.uint32)
