@@ -29,10 +29,9 @@ from scripts.bench_kernels import CHECK_TOL, _rel_err
 def variants(spec: wcfg.WeightSpec, m: int, device_kind: str) -> dict[str, wcfg.TileConfig]:
     """The chooser's config with each split rule and x mode ("programs-x1", ...)."""
     base = wcfg.choose_config(m, spec, device_kind=device_kind)
-    by_programs = wcfg.split_for(spec, dataclasses.replace(base, block_m=8), 1)
-    by_tiles = wcfg.split_for(spec, dataclasses.replace(base, block_m=16), 16)
-    return {f"{rule}-x{xm}": dataclasses.replace(base, split_k=split, x_mode=xm)
-            for rule, split in (("programs", by_programs), ("tiles", by_tiles)) for xm in (1, 2)}
+    return {f"{rule}-x{xm}": dataclasses.replace(
+                base, split_k=wcfg.split_for(spec, base, m, mma_tiles=rule == "tiles"), x_mode=xm)
+            for rule in ("programs", "tiles") for xm in (1, 2)}
 
 
 def main(argv=None):

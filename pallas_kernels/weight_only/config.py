@@ -242,7 +242,8 @@ def kgemv_chunk(spec: WeightSpec, cfg: TileConfig) -> int:
     return min(cfg.block_k, 32 if spec.four_bit else 16, spec.block_k)
 
 
-def split_for(spec: WeightSpec, cfg: TileConfig, m: int, target: int = 4 * NUM_SMS) -> int:
+def split_for(spec: WeightSpec, cfg: TileConfig, m: int, target: int = 4 * NUM_SMS, *,
+              mma_tiles: bool | None = None) -> int:
     """split_k for a decode tile: enough programs to fill the SMs. kgemv masks its K tiles,
     so the split need not be a power of two: the smallest divisor of its loop steps
     (`unroll` K tiles each) that gives `target` programs, so every program gets the same
@@ -254,11 +255,14 @@ def split_for(spec: WeightSpec, cfg: TileConfig, m: int, target: int = 4 * NUM_S
     H100 (session 11, `benchmarks/session11/h100_mma_split_xmode.json`): 4-bit codes 1.03-1.17x
     faster at M=4, 8 and 16 (mxfp4's 64-row programs keep their split either way); int8
     1.04-1.05x at M=16 on the 4096x14336 layers, 0.99x on 8192x28672, but 0.92-0.96x at M=4
-    and 8; at M=1 the program target was up to 7% faster (int4), so those keep it."""
+    and 8; at M=1 the program target was up to 7% faster (int4), so those keep it.
+    `mma_tiles` overrides that choice (True: count tiles; False: programs)."""
     n_tiles, m_tiles = -(-spec.np_ // cfg.block_n), -(-m // cfg.block_m)
     if cfg.kernel == "mma":
         m_tiles = 1  # rows of x by 16 inside the program
-        if cfg.block_m == 16 or (m > 2 and spec.four_bit):
+        if mma_tiles is None:
+            mma_tiles = cfg.block_m == 16 or (m > 2 and spec.four_bit)
+        if mma_tiles:
             n_tiles, target = -(-spec.np_ // 16), 4 * target
     elif cfg.kernel != "kgemv":
         return _split_k(spec, cfg.block_k, n_tiles, m_tiles, target)
