@@ -174,9 +174,9 @@ def check_weight_only(label: str, fields: dict, layout: str, seed: int = 0) -> d
         return dict(skipped=why)
     x = jax.random.normal(jax.random.key(seed + 1), (M, K), jnp.float32).astype(jnp.bfloat16)
     t0 = time.perf_counter()
-    launch = triton_kernel.triton_launch(
+    kernel, arrays, out_shape, grid, params = triton_kernel.triton_launch(
         x, w["values"], w["scales"], w["zeros"], w["global_scale"], spec, cfg, jnp.float32)
-    out = run_launch(*launch[:5])
+    out = run_launch(kernel, arrays, out_shape, grid, params)
     if cfg.split_k > 1:
         out = out.sum(axis=0)
     static = {a: w[a] for a in ("element_dtype", "block_k", "block_n", "layout", "k", "n")}

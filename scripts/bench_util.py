@@ -8,11 +8,6 @@ dispatch is not in the number: a 30 us kernel timed by a host clock around singl
 measures JAX's dispatch instead (seen here: XLA's bf16 GEMV of a 117 MB weight "took"
 64 us that way). Without CUPTI (CPU smoke runs) the host clock times the same program.
 `last_method()` says which clock the last call used.
-
-CUPTI counts kernels only: neither the gaps between them nor memsets (a launcher's zeroing of
-an output). `time_call(..., clock="host")` times the same program on the host clock instead:
-with enough calls in the program (distinct arguments, so XLA cannot merge them) the device,
-not dispatch, sets its time, gaps and memsets included.
 """
 
 from __future__ import annotations
@@ -41,28 +36,24 @@ def last_method() -> str:
 
 
 def time_call(fn: Callable, arg_sets: Sequence[tuple], *, warmup: int = 2, iters: int = 20,
-              repeats: int = 5, clock: str = "device") -> float:
-    """Median microseconds per call of fn(*args), over `arg_sets` (see module doc): device
-    kernel time (CUPTI; the host clock where there is none), or with clock="host" the host
-    clock. `iters` is the number of timed programs (CUPTI) or of back-to-back programs per
-    host sample (`repeats` samples)."""
-    if clock not in ("device", "host"):
-        raise ValueError(f"clock={clock!r} must be 'device' or 'host'")
+              repeats: int = 5) -> float:
+    """Median device microseconds per call of fn(*args), over `arg_sets` (see module doc).
+    `iters` is the number of timed programs (CUPTI) or of back-to-back programs per host
+    sample (`repeats` samples)."""
     sets = list(arg_sets)
     prog = jax.jit(lambda sets: [fn(*a) for a in sets])
     for _ in range(warmup):
         jax.block_until_ready(prog(sets))
-    if clock == "device":
-        try:
-            from jax.experimental.mosaic.gpu import profiler
-            if jax.default_backend() != "gpu":
-                raise RuntimeError("no GPU")
-            _, ms = profiler.measure(prog, iterations=iters)(sets)
-            if ms:
-                _METHOD[0] = "cupti"
-                return statistics.median(ms) * 1e3 / len(sets)
-        except Exception:  # noqa: BLE001 - no CUPTI here: fall back to the host clock
-            pass
+    try:
+        from jax.experimental.mosaic.gpu import profiler
+        if jax.default_backend() != "gpu":
+            raise RuntimeError("no GPU")
+        _, ms = profiler.measure(prog, iterations=iters)(sets)
+        if ms:
+            _METHOD[0] = "cupti"
+            return statistics.median(ms) * 1e3 / len(sets)
+    except Exception:  # noqa: BLE001 - no CUPTI here: fall back to the host clock
+        pass
     _METHOD[0] = "host"
     samples = []
     for _ in range(repeats):

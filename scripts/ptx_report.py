@@ -31,13 +31,12 @@ _PTR = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "uint8": "u8",
 
 
 def compile_launch(kernel, arrays, out_shape, params, *, num_warps: int, num_stages: int):
-    """triton.compile of one launch for sm_90a (pointers: inputs then the outputs)."""
+    """triton.compile of one launch for sm_90a (pointers: inputs then the output)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    outs = out_shape if isinstance(out_shape, tuple) else (out_shape,)
-    ptrs = [a.dtype for a in arrays] + [o.dtype for o in outs]
+    ptrs = [a.dtype for a in arrays] + [out_shape.dtype]
     names = kernel.arg_names
     sig = {names[i]: "*" + _PTR[jnp.dtype(d).name] for i, d in enumerate(ptrs)}
     attrs = {(i,): [["tt.divisibility", 16]] for i in range(len(ptrs))}
@@ -87,10 +86,10 @@ def report_case(label: str, k: int, n: int, m: int, layout: str, device_kind: st
         if (why := cfg.check(spec)) is not None:
             raise ValueError(why)
     x = jnp.zeros((m, k), jnp.bfloat16)  # shapes and dtypes only: nothing is computed
-    launch = triton_kernel.triton_launch(
+    kernel, arrays, out_shape, _, params = triton_kernel.triton_launch(
         x, w["values"], w["scales"], w["zeros"], w["global_scale"], spec, cfg, jnp.bfloat16)
-    compiled = compile_launch(launch.kernel, launch.arrays, launch.out_shape, launch.params,
-                              num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    compiled = compile_launch(kernel, arrays, out_shape, params, num_warps=cfg.num_warps,
+                              num_stages=cfg.num_stages)
     return dict(label=label, m=m, layout=layout, kernel=cfg.kernel,
                 tile=f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k}", **resources(compiled))
 

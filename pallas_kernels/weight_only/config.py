@@ -126,8 +126,6 @@ class TileConfig:
     #                      "fma" (GEMV over <= 8 rows), "swapab" (W^T x^T on tensor cores),
     #                      "kgemv" (K-contiguous FMA GEMV over <= 8 rows, f32 upcast)
     unroll: int = 1  # kgemv: K tiles loaded per loop step (independent loads in flight)
-    split_sum: str = "xla"  # split_k > 1: who adds the f32 partial sums, "xla" (a reduce after
-    #                         the kernel) or "kernel" (mma: the tile's last program to finish)
 
     def __post_init__(self):
         for name in ("block_m", "block_n", "block_k", "split_k", "num_warps", "num_stages", "unroll"):
@@ -150,11 +148,6 @@ class TileConfig:
         if self.kernel == "mma" and self.x_mode not in (1, 2):
             raise ValueError(f"kernel='mma' reads x as it is (x_mode=1) or in fragment order (x_mode=2), "
                              f"got x_mode={self.x_mode}")
-        if self.split_sum not in ("xla", "kernel"):
-            raise ValueError(f"split_sum={self.split_sum!r} must be 'xla' or 'kernel'")
-        if self.split_sum == "kernel" and self.kernel != "mma":
-            raise ValueError(f"split_sum='kernel' (the last program adds the partial sums) is an 'mma' mode, "
-                             f"not {self.kernel!r}'s")
         if self.kernel == "mma" and self.unroll not in (1, 2, 4):
             raise ValueError(f"kernel='mma' prefetches unroll = 1, 2 or 4 chunks per loop step (got {self.unroll})")
         if self.kernel == "mma" and (self.block_m not in (8, 16)

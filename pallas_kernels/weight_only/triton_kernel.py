@@ -34,14 +34,12 @@ one byte at a time (PTX `ld.global.b8`), which capped decode at ~1 TB/s (BENCHMA
 Compiling per shape costs nothing extra: jit already specializes on shapes.
 
 Grid: (N tiles, M tiles, split_k). With split_k > 1 each program writes f32 partial sums
-of its K range to (split_k, M, N); XLA adds them and casts (`mma` with split_sum="kernel":
-the last program of each tile adds them, no XLA reduce).
+of its K range to (split_k, M, N); XLA adds them and casts.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -432,23 +430,11 @@ def launch_args(x, values, scales, zeros, global_scale, spec: WeightSpec, cfg: T
     return (x, w, s, z, g), ints, grid
 
 
-class Launch(NamedTuple):
-    """One jax-triton launch: the kernel, its input arrays, its output shapes (one, or a tuple
-    whose first is the result), grid, constexprs, and the outputs the launcher zeroes."""
-
-    kernel: object
-    arrays: tuple
-    out_shape: object
-    grid: tuple
-    params: dict
-    zeroed: tuple = ()
-
-
 def triton_launch(x, values, scales, zeros, global_scale, spec: WeightSpec, cfg: TileConfig,
-                  out_dtype) -> Launch:
-    """One launch as jax-triton receives it. `weight_only_matmul_triton` calls it;
-    `scripts/ptx_report.py` compiles the same launch offline (no GPU) to check load widths
-    and registers."""
+                  out_dtype):
+    """One launch as jax-triton receives it: (kernel, input arrays, out_shape, grid,
+    constexprs). `weight_only_matmul_triton` calls it; `scripts/ptx_report.py` compiles the
+    same launch offline (no GPU) to check load widths and registers."""
     from pallas_kernels.weight_only import triton_decode, triton_mma
     m = x.shape[0]
     if cfg.split_k == 1:
@@ -459,21 +445,17 @@ def triton_launch(x, values, scales, zeros, global_scale, spec: WeightSpec, cfg:
     consts = kernel_constants(spec, cfg, x.dtype)
     if cfg.kernel == "kgemv":
         arrays, params = triton_decode.kgemv_args(x, arrays, ints, consts, spec=spec, cfg=cfg)
-        return Launch(triton_decode._kgemv_kernel, arrays, out_shape, grid, params)
+        return triton_decode._kgemv_kernel, arrays, out_shape, grid, params
     if cfg.kernel == "mma":
         arrays, params, grid = triton_mma.mma_args(x, arrays, ints, consts, spec=spec, cfg=cfg)
-        if params["SUM"]:  # the result, the partial sums, one arrival count per program column
-            out_shape = (jax.ShapeDtypeStruct((m, spec.n), out_dtype), out_shape,
-                         jax.ShapeDtypeStruct((grid[0],), jnp.int32))
-            return Launch(triton_mma._mma_kernel, arrays, out_shape, grid, params, zeroed=(2,))
-        return Launch(triton_mma._mma_kernel, arrays, out_shape, grid, params)
+        return triton_mma._mma_kernel, arrays, out_shape, grid, params
     if cfg.kernel == "swapab" and cfg.x_mode == 3 and spec.four_bit:
         xr = triton_decode.even_odd(x, cfg.block_k)
         arrays = (xr, *arrays[1:])
         ints = dict(ints, sxm=xr.shape[1])
     kernel = {"dot": _weight_only_kernel, "fma": triton_decode._gemv_fma_kernel,
               "gemv": triton_decode._gemv_kernel, "swapab": triton_decode._swapab_kernel}[cfg.kernel]
-    return Launch(kernel, arrays, out_shape, grid, {**ints, **consts})
+    return kernel, arrays, out_shape, grid, {**ints, **consts}
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "cfg", "out_dtype"))
@@ -482,12 +464,11 @@ def weight_only_matmul_triton(x, values, scales, zeros, global_scale, *, spec: W
     """x (M, k) bf16/f16 -> (M, n) out_dtype on an NVIDIA GPU. Caller validates."""
     from pallas_kernels.triton_ffi import triton_call
 
-    launch = triton_launch(x, values, scales, zeros, global_scale, spec, cfg, out_dtype)
-    out = triton_call(*launch.arrays, kernel=launch.kernel, out_shape=launch.out_shape, grid=launch.grid,
+    kernel, arrays, out_shape, grid, params = triton_launch(
+        x, values, scales, zeros, global_scale, spec, cfg, out_dtype)
+    out = triton_call(*arrays, kernel=kernel, out_shape=out_shape, grid=grid,
                       name=f"weight_only_{cfg.kernel}", num_warps=cfg.num_warps,
-                      num_stages=cfg.num_stages, zeroed_outputs=launch.zeroed, **launch.params)
-    if isinstance(launch.out_shape, tuple):  # summed in the kernel
-        return out[0]
+                      num_stages=cfg.num_stages, **params)
     if cfg.split_k > 1:
         out = out.sum(axis=0).astype(out_dtype)
     return out

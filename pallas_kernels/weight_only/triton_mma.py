@@ -379,14 +379,14 @@ if triton is not None:
 
     @triton.jit
     def _mma_kernel(
-        x_ptr, w_ptr, s_ptr, z_ptr, g_ptr, o_ptr, ws_ptr, c_ptr,
+        x_ptr, w_ptr, s_ptr, z_ptr, g_ptr, o_ptr,
         M: tl.constexpr, N: tl.constexpr, NT: tl.constexpr, CT: tl.constexpr, CS: tl.constexpr,
         sxm: tl.constexpr, ssk: tl.constexpr, ssn: tl.constexpr, sos: tl.constexpr, som: tl.constexpr,
         ELEM: tl.constexpr, SCALE: tl.constexpr, SBK: tl.constexpr, HAS_Z: tl.constexpr,
         HAS_G: tl.constexpr, MODE: tl.constexpr, NB: tl.constexpr, NW: tl.constexpr,
         CK: tl.constexpr, U: tl.constexpr, TN: tl.constexpr, OFF: tl.constexpr, MB: tl.constexpr,
         NF: tl.constexpr, FX: tl.constexpr, FC: tl.constexpr, FS: tl.constexpr, FAC: tl.constexpr,
-        XF: tl.constexpr, SPLIT: tl.constexpr, SUM: tl.constexpr,
+        XF: tl.constexpr,
     ):
         """Program (n, 0, s): NW warps, TN 16-row tiles of W each; x rows 8 NB mb .. 8 NB (mb + 1) for mb < MB;
         chunks [s * CS, (s + 1) * CS) of the CT in K, U per loop step, loaded one step ahead
@@ -395,14 +395,7 @@ if triton is not None:
 
         x: XF == 0 read as it is (a warp's 16-byte vector load spans 8 rows of x: 16 cache
         lines); XF == 1 in fragment order (`fragment_order_x`: each vector load is 512
-        contiguous bytes).
-
-        SPLIT programs share each output tile's K. SUM == 0: each writes its f32 partial sums
-        to o (SPLIT, M, N) for XLA to add (SPLIT == 1: the output itself). SUM == 1: each
-        writes them to ws (SPLIT, M, N) and counts itself in c[n] (zeroed by the launcher);
-        the program that counts last adds the SPLIT partials, in split order (the same sum
-        whatever the order of arrival), and writes o (M, N). The count is CUTLASS's
-        semaphore protocol: a CTA barrier, then one thread's acq_rel atomic at GPU scope."""
+        contiguous bytes)."""
         BF16: tl.constexpr = x_ptr.dtype.element_ty == tl.bfloat16
         R0: tl.constexpr = 32 * NW  # threads: lane tensors (x, its sums, output rows) are (R0, 4)
         R: tl.constexpr = TN * R0  # tile tensors (weights, scales, sums): thread r % R0 holds row r
@@ -418,10 +411,6 @@ if triton is not None:
         w_g = wq + (tile * (CT * 256) + (rr % 32) * 4)[:, None] + j
         w_h = w_g + 128
         xq = x_ptr.to(tl.pointer_type(tl.int32))
-        if SUM:
-            part_ptr = ws_ptr
-        else:
-            part_ptr = o_ptr
         ok = (tile_raw < NT)[:, None] & (n_out < N)
         base = tl.program_id(2) * CS
         # MODE 2: lane (g, t)'s scales: rows g, g + 8 (j % 2) of the block of its K run t (and,
@@ -485,29 +474,11 @@ if triton is not None:
             if HAS_G:
                 tot0 = tot0 * tl.load(g_ptr)
                 tot1 = tot1 * tl.load(g_ptr)
-            o_ptrs = part_ptr + tl.program_id(2) * sos + n_out
+            o_ptrs = o_ptr + tl.program_id(2) * sos + n_out
             mo = _rep(m0 + 2 * t[:, None] + j % 2, TN)  # accumulator j: x row 2t (+1) of the block
-            tl.store(o_ptrs + mo * som, tot0.to(part_ptr.dtype.element_ty), mask=ok & (mo < M))
+            tl.store(o_ptrs + mo * som, tot0.to(o_ptr.dtype.element_ty), mask=ok & (mo < M))
             if NB == 2:
-                tl.store(o_ptrs + (mo + 8) * som, tot1.to(part_ptr.dtype.element_ty), mask=ok & (mo + 8 < M))
-        if SUM:
-            tl.debug_barrier()  # every thread's partial sums are written before the count
-            arrived = tl.atomic_add(c_ptr + tl.program_id(0), 1, sem="acq_rel", scope="gpu")
-            if arrived == SPLIT - 1:
-                for mb in tl.static_range(MB):
-                    mo = _rep(mb * 8 * NB + 2 * t[:, None] + j % 2, TN)
-                    sum0 = tl.zeros((R, 4), tl.float32)
-                    sum1 = tl.zeros((R, 4), tl.float32)
-                    for sp in tl.static_range(SPLIT):  # .cg: from L2, where the other SMs wrote
-                        sum0 += tl.load(ws_ptr + sp * sos + n_out + mo * som, mask=ok & (mo < M), other=0.0,
-                                        cache_modifier=".cg")
-                        if NB == 2:
-                            sum1 += tl.load(ws_ptr + sp * sos + n_out + (mo + 8) * som, mask=ok & (mo + 8 < M),
-                                            other=0.0, cache_modifier=".cg")
-                    tl.store(o_ptr + n_out + mo * som, sum0.to(o_ptr.dtype.element_ty), mask=ok & (mo < M))
-                    if NB == 2:
-                        tl.store(o_ptr + n_out + (mo + 8) * som, sum1.to(o_ptr.dtype.element_ty),
-                                 mask=ok & (mo + 8 < M))
+                tl.store(o_ptrs + (mo + 8) * som, tot1.to(o_ptr.dtype.element_ty), mask=ok & (mo + 8 < M))
 
 
 def _float_factors(bias: int) -> dict:
@@ -563,9 +534,6 @@ def mma_args(x, arrays, ints, consts, *, spec, cfg):
         **{k: consts[k] for k in ("ELEM", "SCALE", "SBK", "HAS_Z", "HAS_G")},
         MODE=mode, NB=cfg.block_m // 8, NW=cfg.num_warps, CK=ck, U=cfg.unroll,
         TN=cfg.block_n // (16 * cfg.num_warps), OFF=0.0 if edt in FLOAT_BIAS else offset(edt, xt),
-        MB=-(-m // cfg.block_m), NF=nf, XF=int(cfg.x_mode == 2), **_float_factors(FLOAT_BIAS.get(edt, 0)),
-        SPLIT=cfg.split_k, SUM=int(cfg.split_sum == "kernel" and cfg.split_k > 1))
-    if not params["SUM"]:
-        params.update(ws_ptr=None, c_ptr=None)
+        MB=-(-m // cfg.block_m), NF=nf, XF=int(cfg.x_mode == 2), **_float_factors(FLOAT_BIAS.get(edt, 0)))
     grid = (-(-nt // (cfg.block_n // 16)), 1, cfg.split_k)
     return (x, w, s, z, g), params, grid

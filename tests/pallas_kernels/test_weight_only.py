@@ -189,29 +189,6 @@ class TestWeightOnlyGPU(TestWeightOnlyKernels):
                          num_warps=4, num_stages=1, split_k=2, x_mode=x_mode)
         _check(case, 21, 1000, 376, "mma", "triton", interpret, config=cfg)
 
-    @pytest.mark.parametrize("label", ["int8", "int4-g128", "mxfp4", "nvfp4"])
-    @pytest.mark.parametrize("m,split,x_mode", [(1, 8, 1), (13, 4, 2), (40, 2, 1)])
-    def test_mma_kernel_sums_splits_in_kernel(self, label, m, split, x_mode, interpret):
-        """split_sum="kernel": the last program of each tile adds the partial sums. Three
-        launches in one program (each zeroes its own counts) match the reference, and a
-        second run gives the same bits (the sum runs in split order whatever the order of
-        arrival)."""
-        case = testing.CASES_BY_LABEL[label]
-        cfg = TileConfig(kernel="mma", block_m=8 if m <= 8 else 16, block_n=128, num_warps=4, num_stages=1,
-                         block_k=blocks.mma_chunk_k(case.element_dtype), split_k=split, x_mode=x_mode,
-                         split_sum="kernel")
-        w = testing.random_weight(jax.random.key(11), case, 1000, 376, "mma")
-        xs = [jax.random.normal(jax.random.key(12 + i), (m, 1000), jnp.float32).astype(jnp.bfloat16)
-              for i in range(3)]
-        f = jax.jit(lambda xs: [weight_only_matmul(x, **w, impl="triton", config=cfg) for x in xs])
-        outs = f(xs)
-        for x, out in zip(xs, outs):
-            ref = np.asarray(weight_only_matmul(x, **w, impl="xla", out_dtype=jnp.float32))
-            rel, abs_ = testing.tolerance(x, w, jnp.bfloat16)
-            np.testing.assert_array_less(np.abs(np.asarray(out, np.float32) - ref), rel * np.abs(ref) + abs_)
-        for a, b in zip(outs, f(xs)):
-            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-
     @pytest.mark.parametrize("label", ["int8", "int4-g128", "uint4-g128"])
     def test_mma_kernel_f16_x(self, label, interpret):
         """f16 activations: the f16 magic (1024) and f16 MMAs."""
