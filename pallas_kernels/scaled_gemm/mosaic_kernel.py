@@ -1,7 +1,7 @@
 """Scaled GEMM for Hopper on the Mosaic GPU Pallas backend (`plgpu`): fp8 or int8 tensor
 cores, per-token x per-channel scales in the epilogue or per-K-group promotion; and the mixed
-product of int8/int4/uint4 codes with bf16/f16 values that weight-only prefill computes as
-y^T = W x^T.
+product of int8/int4/uint4/e4m3 codes with bf16/f16 values that weight-only prefill
+computes as y^T = W x^T.
 
     y[m, j] = sum_g sa[g, m] * sb[g, j] * sum_{k in group g} a[m, k] * b[j, k]
 
@@ -11,10 +11,12 @@ S == 1 is per-token x per-channel (W8A8), S == K / tile_k is DeepSeek-V3-style p
 (activation tiles 1 x G, weight blocks G x block_n, G = tile_k; the weight's per-block scale
 is repeated along its block_n columns by the caller, `api`).
 
-The mixed product (b bf16/f16; `a_codes` int8, int4 or uint4, held as int8 / jnp.int4)
+The mixed product (b bf16/f16; `a_codes` int8, int4, uint4 or float8_e4m3fn, held as int8 /
+jnp.int4 / float8_e4m3fn)
     Each compute warpgroup loads its a tile from shared memory into registers, upcasts it
     (Mosaic GPU's int8 and CUTLASS-style int4 -> bf16 conversions; uint4 codes u as the
-    int4 u ^ 8 = u - 8, the 8 carried by the zeros) and issues wgmma with it as the
+    int4 u ^ 8 = u - 8, the 8 carried by the zeros; e4m3 by Hopper's e4m3x2 -> f16x2
+    `cvt`, then to bf16 through f32, exact both ways) and issues wgmma with it as the
     register operand, as JAX's `hopper_mixed_type_matmul_mgpu` does. Scales: once in the
     epilogue (S == 1, no zeros), or per K step on the upcast tile, (code - za) * sa, for
     S groups of whole steps or with zeros (in b's dtype; in f32 with zeros). a may be
@@ -73,7 +75,7 @@ ELEMENT_DTYPES = (jnp.dtype(jnp.float8_e4m3fn), jnp.dtype(jnp.int8))
 MIXED_B_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 MIXED_4BIT = (jnp.dtype(jnp.int4), jnp.dtype(jnp.uint4))  # held by `a` as jnp.int4
 # Codes of `a` that the mixed product converts in registers (against b in MIXED_B_DTYPES).
-MIXED_CODES = (jnp.dtype(jnp.int8), *MIXED_4BIT)
+MIXED_CODES = (jnp.dtype(jnp.int8), *MIXED_4BIT, jnp.dtype(jnp.float8_e4m3fn))
 _F32 = jnp.float32
 _DIMS = ("m", "n")
 _NUM_SMS = 132  # H100 SXM / H200: the persistent grid where the device does not say
@@ -227,13 +229,16 @@ def _planar_snake(lin, m_iters: int, n_iters: int, minor: str, width: int):
 
 
 def _decode(codes: jax.Array, code_dtype, dtype) -> jax.Array:
-    """A register tile of codes (int8, or 4-bit codes held as int4) -> `dtype` values.
+    """A register tile of codes (int8, e4m3, or 4-bit codes held as int4) -> `dtype` values.
     uint4 codes u become u - 8 (the sign bit flipped, read as int4: the native int4 -> bf16
-    upcast); the caller's zeros carry the 8."""
+    upcast); the caller's zeros carry the 8. e4m3 goes through f16, the one 16-bit type
+    Hopper converts it to (every e4m3 value is exact in f16 and in bf16)."""
     if jnp.dtype(code_dtype) == jnp.uint4:
         codes = codes ^ jnp.asarray(-8, jnp.int4)
     if jnp.dtype(code_dtype) in MIXED_4BIT:
         return codes.astype(jnp.bfloat16).astype(dtype)
+    if jnp.dtype(code_dtype) == jnp.float8_e4m3fn:
+        codes = codes.astype(jnp.float16)
     return codes.astype(dtype)
 
 

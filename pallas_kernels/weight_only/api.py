@@ -7,17 +7,18 @@ block scales [+ zeros] [+ global scale]) and only x is a float array. Implementa
     "pallas"  `pallas_kernel.py`: BlockSpec Pallas kernel; `interpret=True` runs it anywhere.
     "triton"  `triton_kernel.py` + `triton_decode.py`: raw Triton via jax-triton, NVIDIA GPUs
               only (the fast path; tiles from the per-device tuned table or the heuristic).
-    "mosaic"  `mosaic_kernel.py`: Mosaic GPU (wgmma) prefill GEMMs. int8/int4/uint4 weights
-              stored "nk" or "mma" (one scale per row over K or over groups of whole K
-              steps): y^T = W x^T on the warp-specialized scaled GEMM with the upcast weight
+    "mosaic"  `mosaic_kernel.py`: Mosaic GPU (wgmma) prefill GEMMs. int8/int4/uint4/e4m3
+              weights stored "nk" or "mma" (scales over K or over groups of whole K steps;
+              blocks of rows repeated per row): y^T = W x^T on the warp-specialized scaled GEMM with the upcast weight
               tile as wgmma's register operand (native only). "kn" int8/int4/uint4: a
               one-warpgroup kernel that dequantizes into shared memory; runs in GPU
               interpret mode on CPU; explicit only (0.65x XLA's bf16 dot for int8 and 0.36x
               for int4-g128 at M=1024 on H200, below the XLA route).
     "auto"    on GPU: M >= XLA_PREFILL_MIN_M (prefill) -> weights the register-operand
-              kernel takes (the w8a16, w4a16 and w4a16-uint4 recipes; 4-bit up to
-              `mosaic_kernel.REGISTER_LHS_MAX_M_4BIT`): that kernel (0.83-0.93x XLA's bf16
-              dot for int8 and int4-g128 at M=1024 on H100, against 0.59-0.67x for the route);
+              kernel takes (the w8a16, w8a16-fp8, w4a16 and w4a16-uint4 recipes, fp8 128x128
+              blocks; 4-bit up to `mosaic_kernel.REGISTER_LHS_MAX_M_4BIT`): that kernel
+              (0.83-0.96x XLA's bf16 dot for int8, fp8 and int4-g128 at M=1024 on H100,
+              against 0.59-0.67x for the route);
               other weights: dequantized to x's dtype in one pass, then XLA's GEMM
               (`weight_only_matmul_reference(..., convert=True, materialize=True)`; the
               measurements behind it are at `config.XLA_PREFILL_MIN_M`);
@@ -117,7 +118,7 @@ def unsupported_reason(x_shape, x_dtype, *, element_dtype, scale_dtype, block_k:
     if impl == "mosaic":
         if isinstance(config, mosaic_kernel.RegisterLhsConfig):
             return (f"a RegisterLhsConfig is for the register-operand kernel, which takes "
-                    f"int8/int4/uint4 weights stored 'nk' or 'mma' with row scales; this "
+                    f"int8/int4/uint4/e4m3 weights stored 'nk' or 'mma'; this "
                     f"{jnp.dtype(element_dtype)} {layout!r} weight ({block_k=}) takes a MosaicConfig")
         why = mosaic_kernel.unsupported_reason(
             element_dtype=element_dtype, block_k=block_k, block_n=block_n, layout=layout, kp=kp,
@@ -193,7 +194,7 @@ def _kernel_call(x, values, scales, zeros, global_scale, *, chosen, spec, cfg, o
     if chosen == "mosaic" and spec.layout in mosaic_kernel.REGISTER_LHS_LAYOUTS:
         return mosaic_kernel.weight_only_matmul_register_lhs(
             x, values, scales, zeros, element_dtype=spec.element_dtype, layout=spec.layout,
-            block_k=spec.block_k, n=spec.n, out_dtype=out_dtype,
+            block_k=spec.block_k, block_n=spec.block_n, n=spec.n, out_dtype=out_dtype,
             config=cfg)
     if chosen == "mosaic":
         return mosaic_kernel.weight_only_matmul_mosaic(
@@ -283,7 +284,7 @@ def weight_only_matmul(x, values, scales, zeros=None, global_scale=None, *, elem
         if why is None:
             return mosaic_kernel.weight_only_matmul_register_lhs(
                 x, values, scales, zeros, element_dtype=element_dtype, layout=layout,
-                block_k=block_k, n=n, out_dtype=out_dtype).reshape(*lead, n)
+                block_k=block_k, block_n=block_n, n=n, out_dtype=out_dtype).reshape(*lead, n)
         _log_once(f"weight_only_matmul: prefill of a {jnp.dtype(element_dtype)} {layout!r} "
                   f"weight takes the XLA route: {why}")
     if prefill:

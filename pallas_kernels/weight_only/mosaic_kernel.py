@@ -1,7 +1,7 @@
 """Weight-only prefill GEMMs for Hopper on the Mosaic GPU Pallas backend (`plgpu`).
 
 `y = x @ dequantize(W)` for x (M, K) bf16/f16 and W stored by `pallas_kernels.blocks` with
-int8 or int4/uint4 elements. Prefill (M >= 256) is tensor-core bound, so both paths feed
+int8, int4/uint4 or (register operand only) e4m3 elements. Prefill (M >= 256) is tensor-core bound, so both paths feed
 `wgmma` rather than a CUDA-core dot. Two paths:
 
     register operand (the fast one; end of the module): "nk" or "mma" weights, y^T = W x^T
@@ -286,7 +286,7 @@ def weight_only_matmul_mosaic(x, values, scales, zeros=None, *, element_dtype, b
 
 
 # ---------------------------------------------------------------------------------------
-# int8 and 4-bit weights stored "nk" or "mma": y^T = W x^T on the warp-specialized scaled
+# int8, e4m3 and 4-bit weights stored "nk" or "mma": y^T = W x^T on the warp-specialized scaled
 # GEMM, the weight tile upcast in registers and fed to wgmma as its register operand (no
 # dequantized tile in shared memory, no dequantized weight in HBM), y stored transposed.
 
@@ -294,7 +294,9 @@ def weight_only_matmul_mosaic(x, values, scales, zeros=None, *, element_dtype, b
 # compute warpgroup, the two stacked (128-row CTA tile), 256 rows of x, 64-deep K steps, 4
 # stages; x rows minor in the tile walk: int8 0.92x / 0.83x XLA's bf16 dot on 8192x28672 /
 # 14336x4096 (the route: 0.66x / 0.67x). 128 rows of x or 128 weight rows per warpgroup
-# were 20-30% slower; 128 x 256 per warpgroup spills (5-9x slower).
+# were 20-30% slower; 128 x 256 per warpgroup spills (5-9x slower). e4m3 codes take the same
+# tiles (session 12, H100): fp8 per channel 0.87-0.96x at M=1024 (the route: 0.65-0.67x),
+# fp8 128x128 blocks 0.86-0.94x.
 REGISTER_LHS_TILES = scaled_mosaic.MosaicGemmConfig(
     tile_m=64, tile_n=256, tile_k=64, wg_dim="m", max_concurrent_steps=4, grid_minor_dim="n")
 # 4-bit codes: 128-deep steps (one "mma" chunk of 64 bytes per row), so only 2 stages fit;
@@ -333,11 +335,11 @@ def register_lhs_config(element_dtype, out_dtype, *, block_k: int, kp: int,
 
 
 def takes_register_lhs(element_dtype, block_k: int, block_n: int, layout: str, kp: int) -> bool:
-    """Whether the weight is one the register-operand kernel is for: int8/int4/uint4 codes
-    stored "nk" or "mma", one scale per output row (block_n 1) over all of K or over groups
-    of whole K steps."""
+    """Whether the weight is one the register-operand kernel is for: int8/int4/uint4/e4m3
+    codes stored "nk" or "mma", scales over all of K or over groups of whole K steps (blocks
+    of block_n > 1 output rows, e.g. fp8's 128x128, are repeated per row by XLA first)."""
     return (jnp.dtype(element_dtype) in REGISTER_LHS_CODES and layout in REGISTER_LHS_LAYOUTS
-            and block_n == 1 and (block_k >= kp or block_k % _tiles(element_dtype).tile_k == 0))
+            and (block_k >= kp or block_k % _tiles(element_dtype).tile_k == 0))
 
 
 def register_lhs_reason(*, element_dtype, x_dtype, block_k: int, block_n: int, layout: str,
@@ -350,9 +352,9 @@ def register_lhs_reason(*, element_dtype, x_dtype, block_k: int, block_n: int, l
                                            has_zeros=has_zeros)
     if not takes_register_lhs(element_dtype, block_k, block_n, layout, kp):
         return (f"the register-operand kernel takes {', '.join(map(str, REGISTER_LHS_CODES))} "
-                f"codes stored {' or '.join(REGISTER_LHS_LAYOUTS)}, one scale per row over K or "
-                f"over groups of whole {config.tile_k}-deep steps; got {jnp.dtype(element_dtype)}, "
-                f"{block_k=} (Kp={kp}), {block_n=}, {layout=}")
+                f"codes stored {' or '.join(REGISTER_LHS_LAYOUTS)}, scales over K or over groups "
+                f"of whole {config.tile_k}-deep steps; got {jnp.dtype(element_dtype)}, "
+                f"{block_k=} (Kp={kp}), {layout=}")
     if has_global_scale:
         return "the register-operand kernel takes weights without a global scale"
     if np_ % config.cta_m:
@@ -367,15 +369,20 @@ def register_lhs_reason(*, element_dtype, x_dtype, block_k: int, block_n: int, l
 
 
 @functools.partial(jax.jit, static_argnames=("element_dtype", "layout", "block_k", "n",
-                                             "out_dtype", "config"))
+                                             "out_dtype", "config", "block_n"))
 def weight_only_matmul_register_lhs(x, values, scales, zeros=None, *, element_dtype,
                                     layout: str, block_k: int, n: int, out_dtype,
-                                    config: scaled_mosaic.MosaicGemmConfig | None = None):
-    """x (M, k) bf16/f16 @ W stored "nk" or "mma" (values (Np, Kp) int8 or (Np, Kp/2) packed
-    4-bit, scales and zeros (Np, Kp/block_k)) -> (M, n). Computes y^T = W x^T (weight rows
-    as wgmma's M); a 16-bit y is stored transposed by the kernel, an f32 one by XLA."""
+                                    config: scaled_mosaic.MosaicGemmConfig | None = None,
+                                    block_n: int = 1):
+    """x (M, k) bf16/f16 @ W stored "nk" or "mma" (values (Np, Kp) int8 / e4m3 or (Np, Kp/2)
+    packed 4-bit, scales and zeros (Np/block_n, Kp/block_k)) -> (M, n). Computes y^T = W x^T
+    (weight rows as wgmma's M); a 16-bit y is stored transposed by the kernel, an f32 one by
+    XLA."""
     m, k = x.shape
     np_ = values.shape[0]
+    if block_n > 1:  # one scale (and zero) row per weight row
+        scales = jnp.repeat(scales, block_n, axis=0)[:np_]
+        zeros = None if zeros is None else jnp.repeat(zeros, block_n, axis=0)[:np_]
     kp = values.shape[1] * (2 if blocks.is_four_bit(element_dtype) else 1)
     config = config or register_lhs_config(element_dtype, out_dtype, block_k=block_k, kp=kp,
                                            has_zeros=zeros is not None)

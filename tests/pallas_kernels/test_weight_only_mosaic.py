@@ -143,11 +143,13 @@ def test_lowers_for_cuda_without_a_gpu(case, config):
 # warp-specialized kernel). Native only: jax 0.11.2's interpreter has no register-operand
 # wgmma. On CPU the native lowering is checked; on a GPU the result.
 
-REGISTER_LHS = [  # (case, layout): per channel, grouped, with zeros, both layouts
+REGISTER_LHS = [  # (case, layout): per channel, grouped, with zeros, both layouts; e4m3 codes
     (testing.CASES_BY_LABEL["int8"], "nk"), (testing.CASES_BY_LABEL["int8"], "mma"),
     (INT8_ZEROS, "nk"), (INT8_G128, "mma"),
     (testing.CASES_BY_LABEL["int4-g128"], "nk"), (testing.CASES_BY_LABEL["int4-g128"], "mma"),
     (testing.CASES_BY_LABEL["uint4-g128"], "nk"), (testing.CASES_BY_LABEL["uint4-g128"], "mma"),
+    (testing.CASES_BY_LABEL["fp8"], "nk"), (testing.CASES_BY_LABEL["fp8"], "mma"),
+    (testing.CASES_BY_LABEL["fp8-b128x128"], "nk"),  # 128-row scale blocks, repeated per row
 ]
 
 
@@ -156,7 +158,7 @@ def _register_lhs_id(v):
 
 
 def _static(w, **kw):
-    return dict(element_dtype=w["element_dtype"], block_k=w["block_k"], block_n=1,
+    return dict(element_dtype=w["element_dtype"], block_k=w["block_k"], block_n=w["block_n"],
                 layout=w["layout"], k=w["k"], n=w["n"], **kw)
 
 
@@ -199,7 +201,7 @@ def test_register_lhs_reasons(monkeypatch):
     assert "whole 128-deep steps" in mosaic_kernel.register_lhs_reason(
         element_dtype=jnp.int4, block_k=64, **kw)
     assert "codes stored" in mosaic_kernel.register_lhs_reason(
-        element_dtype=jnp.float8_e4m3fn, block_k=1024, **kw)
+        element_dtype=jnp.float4_e2m1fn, block_k=1024, **kw)
     assert "global scale" in mosaic_kernel.register_lhs_reason(
         element_dtype=jnp.int8, block_k=1024, has_global_scale=True, **kw)
     assert mosaic_kernel.register_lhs_reason(element_dtype=jnp.uint4, block_k=128,
