@@ -177,6 +177,22 @@ def test_register_lhs_lowers_for_cuda_and_auto_takes_it_at_prefill(case, layout,
         assert "mosaic_gpu" in text, impl
 
 
+def test_register_lhs_lowers_e4m3_with_f16_x_and_one_scale(monkeypatch):
+    """e4m3 codes against f16 x (no bf16 step after the f16 upcast), and one scale for the
+    whole weight (block_n = Np, repeated per row like 128x128 blocks): auto lowers to the
+    Mosaic GPU kernel at prefill."""
+    from pallas_kernels.weight_only import api
+    monkeypatch.setattr(api, "_on_gpu", lambda: True)
+    w = testing.random_weight(jax.random.key(0), testing.CASES_BY_LABEL["fp8"], 1024, 384, layout="nk")
+    kp, np_ = w["values"].shape[1], w["values"].shape[0]
+    one = dict(w, scales=w["scales"][:1, :1], block_k=kp, block_n=np_)
+    x = jax.ShapeDtypeStruct((600, 1024), jnp.float16)
+    for v in (w, one):
+        f = jax.jit(lambda x, v_, s: api.weight_only_matmul(x, v_, s, **_static(v)))
+        text = f.trace(x, v["values"], v["scales"]).lower(lowering_platforms=("cuda",)).as_text()
+        assert "mosaic_gpu" in text
+
+
 def test_register_lhs_reasons(monkeypatch):
     from pallas_kernels.weight_only import api, mosaic_kernel
     w = testing.random_weight(jax.random.key(0), testing.CASES_BY_LABEL["uint4-g128"], 256, 256,
