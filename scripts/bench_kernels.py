@@ -118,8 +118,8 @@ def bench_weight_only(args) -> tuple[list[Row], list[dict]]:
                    for i in range(1, bench_util.copies_needed(nbytes))]
             st = _static(ws[0])
             impls = [i for i in args.impls if i != "mosaic" or layout == "kn"
-                     or mosaic_kernel.takes_register_lhs(case.element_dtype, st["block_k"], 1,
-                                                         layout, st["k"])]
+                     or mosaic_kernel.takes_register_lhs(case.element_dtype, st["block_k"], layout,
+                                                         st["k"])]
             fns = {impl: jax.jit(lambda x, v, s, z, g, impl=impl: weight_only_matmul(
                 x, v, s, z, g, **st, impl=impl)) for impl in impls}
             fns["xla-convert"] = jax.jit(lambda x, v, s, z, g: weight_only_matmul_reference(

@@ -9,8 +9,8 @@ block scales [+ zeros] [+ global scale]) and only x is a float array. Implementa
               only (the fast path; tiles from the per-device tuned table or the heuristic).
     "mosaic"  `mosaic_kernel.py`: Mosaic GPU (wgmma) prefill GEMMs. int8/int4/uint4/e4m3
               weights stored "nk" or "mma" (scales over K or over groups of whole K steps;
-              blocks of rows repeated per row): y^T = W x^T on the warp-specialized scaled GEMM with the upcast weight
-              tile as wgmma's register operand (native only). "kn" int8/int4/uint4: a
+              blocks of rows repeated per row): y^T = W x^T on the warp-specialized scaled
+              GEMM with the upcast weight tile as wgmma's register operand (native only). "kn" int8/int4/uint4: a
               one-warpgroup kernel that dequantizes into shared memory; runs in GPU
               interpret mode on CPU; explicit only (0.65x XLA's bf16 dot for int8 and 0.36x
               for int4-g128 at M=1024 on H200, below the XLA route).
@@ -102,16 +102,14 @@ def unsupported_reason(x_shape, x_dtype, *, element_dtype, scale_dtype, block_k:
                           block_k=block_k, block_n=block_n, layout=layout, k=k, n=n, kp=kp, np_=np_)
     except ValueError as e:
         return str(e)
-    if impl == "mosaic" and mosaic_kernel.takes_register_lhs(element_dtype, block_k, block_n,
-                                                             layout, kp):
+    if impl == "mosaic" and mosaic_kernel.takes_register_lhs(element_dtype, block_k, layout, kp):
         if config is not None and not isinstance(config, mosaic_kernel.RegisterLhsConfig):
             return (f"this weight takes the register-operand kernel, whose config is a "
                     f"RegisterLhsConfig (scaled_gemm's MosaicGemmConfig), not {config!r}")
         why = mosaic_kernel.register_lhs_reason(
-            element_dtype=element_dtype, x_dtype=x_dtype, block_k=block_k, block_n=block_n,
-            layout=layout, kp=kp, np_=np_, out_dtype=out_dtype, has_zeros=has_zeros,
-            has_global_scale=has_global_scale, interpret=interpret,
-            config=config)
+            element_dtype=element_dtype, x_dtype=x_dtype, block_k=block_k, layout=layout, kp=kp,
+            np_=np_, out_dtype=out_dtype, has_zeros=has_zeros, has_global_scale=has_global_scale,
+            interpret=interpret, config=config)
         if why is None and not _on_gpu():
             why = "impl='mosaic' runs natively only on a Hopper GPU"
         return why
@@ -274,12 +272,12 @@ def weight_only_matmul(x, values, scales, zeros=None, global_scale=None, *, elem
                  k=k, n=n, out_dtype=out_dtype)
     prefill = (impl == "auto" and config is None and x.shape[0] >= XLA_PREFILL_MIN_M
                and _on_gpu() and jnp.dtype(x.dtype) in X_DTYPES)
-    register_lhs = mosaic_kernel.takes_register_lhs(element_dtype, block_k, block_n, layout, kp)
+    register_lhs = mosaic_kernel.takes_register_lhs(element_dtype, block_k, layout, kp)
     if prefill and register_lhs and (x.shape[0] <= mosaic_kernel.REGISTER_LHS_MAX_M_4BIT
                                      or not blocks.is_four_bit(element_dtype)):
         why = mosaic_kernel.register_lhs_reason(
-            element_dtype=element_dtype, x_dtype=x.dtype, block_k=block_k, block_n=block_n,
-            layout=layout, kp=kp, np_=np_, out_dtype=out_dtype, has_zeros=zeros is not None,
+            element_dtype=element_dtype, x_dtype=x.dtype, block_k=block_k, layout=layout, kp=kp,
+            np_=np_, out_dtype=out_dtype, has_zeros=zeros is not None,
             has_global_scale=global_scale is not None)
         if why is None:
             return mosaic_kernel.weight_only_matmul_register_lhs(

@@ -1,8 +1,8 @@
 """Weight-only prefill GEMMs for Hopper on the Mosaic GPU Pallas backend (`plgpu`).
 
 `y = x @ dequantize(W)` for x (M, K) bf16/f16 and W stored by `pallas_kernels.blocks` with
-int8, int4/uint4 or (register operand only) e4m3 elements. Prefill (M >= 256) is tensor-core bound, so both paths feed
-`wgmma` rather than a CUDA-core dot. Two paths:
+int8, int4/uint4 or (register operand only) e4m3 elements. Prefill (M >= 256) is tensor-core
+bound, so both paths feed `wgmma` rather than a CUDA-core dot. Two paths:
 
     register operand (the fast one; end of the module): "nk" or "mma" weights, y^T = W x^T
         on the warp-specialized kernel of `pallas_kernels.scaled_gemm.mosaic_kernel`, each
@@ -286,8 +286,8 @@ def weight_only_matmul_mosaic(x, values, scales, zeros=None, *, element_dtype, b
 
 
 # ---------------------------------------------------------------------------------------
-# int8, e4m3 and 4-bit weights stored "nk" or "mma": y^T = W x^T on the warp-specialized scaled
-# GEMM, the weight tile upcast in registers and fed to wgmma as its register operand (no
+# int8, e4m3 and 4-bit weights stored "nk" or "mma": y^T = W x^T on the warp-specialized
+# scaled GEMM, the weight tile upcast in registers and fed to wgmma as its register operand (no
 # dequantized tile in shared memory, no dequantized weight in HBM), y stored transposed.
 
 # Measured on H100 (BENCHMARKS.md session 10, "mma" weights, M=1024): 64 weight rows per
@@ -334,7 +334,7 @@ def register_lhs_config(element_dtype, out_dtype, *, block_k: int, kp: int,
     return c
 
 
-def takes_register_lhs(element_dtype, block_k: int, block_n: int, layout: str, kp: int) -> bool:
+def takes_register_lhs(element_dtype, block_k: int, layout: str, kp: int) -> bool:
     """Whether the weight is one the register-operand kernel is for: int8/int4/uint4/e4m3
     codes stored "nk" or "mma", scales over all of K or over groups of whole K steps (blocks
     of block_n > 1 output rows, e.g. fp8's 128x128, are repeated per row by XLA first)."""
@@ -342,7 +342,7 @@ def takes_register_lhs(element_dtype, block_k: int, block_n: int, layout: str, k
             and (block_k >= kp or block_k % _tiles(element_dtype).tile_k == 0))
 
 
-def register_lhs_reason(*, element_dtype, x_dtype, block_k: int, block_n: int, layout: str,
+def register_lhs_reason(*, element_dtype, x_dtype, block_k: int, layout: str,
                         kp: int, np_: int, out_dtype=None, has_zeros: bool = False,
                         has_global_scale: bool = False, interpret: bool = False,
                         config: scaled_mosaic.MosaicGemmConfig | None = None) -> str | None:
@@ -350,7 +350,7 @@ def register_lhs_reason(*, element_dtype, x_dtype, block_k: int, block_n: int, l
     out_dtype = jnp.dtype(out_dtype or x_dtype)
     config = config or register_lhs_config(element_dtype, out_dtype, block_k=block_k, kp=kp,
                                            has_zeros=has_zeros)
-    if not takes_register_lhs(element_dtype, block_k, block_n, layout, kp):
+    if not takes_register_lhs(element_dtype, block_k, layout, kp):
         return (f"the register-operand kernel takes {', '.join(map(str, REGISTER_LHS_CODES))} "
                 f"codes stored {' or '.join(REGISTER_LHS_LAYOUTS)}, scales over K or over groups "
                 f"of whole {config.tile_k}-deep steps; got {jnp.dtype(element_dtype)}, "

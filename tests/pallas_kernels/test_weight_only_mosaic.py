@@ -213,7 +213,7 @@ def test_register_lhs_reasons(monkeypatch):
     with pytest.raises(NotImplementedError, match="takes a MosaicConfig"):
         api.weight_only_matmul(x, kn["values"], kn["scales"], impl="mosaic",
                                config=mosaic_kernel.REGISTER_LHS_TILES, **_static(kn))
-    kw = dict(x_dtype=jnp.bfloat16, block_n=1, layout="nk", kp=1024, np_=256)
+    kw = dict(x_dtype=jnp.bfloat16, layout="nk", kp=1024, np_=256)
     assert "whole 128-deep steps" in mosaic_kernel.register_lhs_reason(
         element_dtype=jnp.int4, block_k=64, **kw)
     assert "codes stored" in mosaic_kernel.register_lhs_reason(
