@@ -15,13 +15,11 @@ The mixed product (b bf16/f16; `a_codes` int8, int4, uint4 or float8_e4m3fn, hel
 jnp.int4 / float8_e4m3fn)
     Each compute warpgroup loads its a tile from shared memory into registers, upcasts it
     (Mosaic GPU's int8 and CUTLASS-style int4 -> bf16 conversions; uint4 codes u as the
-    int4 u ^ 8 = u - 8, the caller adds the 8 back; e4m3 by Hopper's e4m3x2 -> f16x2
+    int4 u ^ 8 = u - 8, the 8 carried by the zeros; e4m3 by Hopper's e4m3x2 -> f16x2
     `cvt`, then to bf16 through f32, exact both ways) and issues wgmma with it as the
     register operand, as JAX's `hopper_mixed_type_matmul_mgpu` does. Scales: once in the
-    epilogue (S == 1), or per K step on the upcast tile, code * sa in b's dtype, for S
-    groups of whole steps. No zeros: code - z in bf16 is inexact (an int8 code minus a
-    fractional zero lost up to half a unit, session 10), so weight-only prefill adds the
-    zeros' share afterwards (`weight_only.mosaic_kernel`). a may be
+    epilogue (S == 1, no zeros), or per K step on the upcast tile, (code - za) * sa, for
+    S groups of whole steps or with zeros (in b's dtype; in f32 with zeros). a may be
     stored "mma" (`pallas_kernels.blocks`: 16-row x 64-byte tiles, the fields of each
     32-bit word reordered): a 4-d view lets TMA box one chunk of 16-row tiles per K step,
     a 3-d tiling folds it back into the 2-d swizzled tile, and b's columns are permuted
@@ -140,9 +138,16 @@ def code_bits(codes) -> int:
     return 4 if jnp.dtype(codes) in MIXED_4BIT else 8 * jnp.dtype(codes).itemsize
 
 
+def carries_zeros(codes, has_zeros: bool) -> bool:
+    """Whether the mixed product runs with zeros: given ones, or uint4 codes (decoded as
+    u - 8, `_decode`; the zeros carry the 8)."""
+    return has_zeros or jnp.dtype(codes) == jnp.uint4
+
+
 def unsupported_reason(*, element_dtype, kp: int, np_: int, groups: int,
                        config: MosaicGemmConfig, b_dtype=None, out_dtype=jnp.bfloat16,
-                       a_layout: str = "nk", interpret: bool = False) -> str | None:
+                       a_layout: str = "nk", has_zeros: bool = False,
+                       interpret: bool = False) -> str | None:
     """Why the kernel cannot take these operands (None when it can). element_dtype: the
     codes of `a`; groups: S, the number of scale groups along K (1; kp // tile_k when
     promoting; for the mixed product any S whose groups are whole K steps); b_dtype: b's
@@ -173,6 +178,8 @@ def unsupported_reason(*, element_dtype, kp: int, np_: int, groups: int,
     elif groups not in (1, k_iters):
         return (f"{groups} scale groups along Kp={kp}: the kernel promotes once per "
                 f"tile_k={c.tile_k} step (groups = {k_iters}) or scales once (1)")
+    if has_zeros and not mixed:
+        return "zeros are taken by the mixed product only"
     step_bytes = c.tile_k * code_bits(edt) // 8
     if a_layout == "mma" and step_bytes != 64:
         return (f"layout 'mma' keeps 64-byte chunks of 16 rows, one per K step (part of one "
@@ -181,7 +188,9 @@ def unsupported_reason(*, element_dtype, kp: int, np_: int, groups: int,
     if code_bits(edt) == 4 and (jnp.dtype(b_dtype) != jnp.bfloat16 or c.tile_k < 64):
         return (f"4-bit codes take bf16 b (the native int4 -> bf16 upcast) and tile_k >= 64 "
                 f"(32-byte rows); got {jnp.dtype(b_dtype)}, tile_k={c.tile_k}")
-    need = smem_bytes(config, edt, jnp.dtype(out_dtype).itemsize, b_dtype, promote=groups > 1)
+    zeros = carries_zeros(edt, has_zeros)
+    need = smem_bytes(config, edt, jnp.dtype(out_dtype).itemsize, b_dtype,
+                      promote=groups > 1 or zeros, zeros=zeros)
     if need > SMEM_LIMIT:
         return f"the tiles need ~{need} bytes of shared memory > {SMEM_LIMIT}"
     return None
@@ -191,16 +200,16 @@ SMEM_LIMIT = 232448  # Hopper's per-block maximum (opt-in), as Mosaic GPU report
 
 
 def smem_bytes(config: MosaicGemmConfig, element_dtype, out_itemsize: int = 2,
-               b_dtype=None, promote: bool = False) -> int:
+               b_dtype=None, promote: bool = False, zeros: bool = False) -> int:
     """Estimated shared memory of one CTA (Mosaic GPU's own check at lowering is final): the
     pipeline ring, the output pieces, the epilogue scales. promote: per-step scale rows (of
-    a and b; the mixed product: of a)."""
+    a and b; the mixed product: of a, and of its zeros)."""
     c = config
     b_dtype = jnp.dtype(b_dtype or element_dtype)
     step = (c.cta_m * code_bits(element_dtype) // 8 + c.cta_n * b_dtype.itemsize) * c.tile_k
     if promote:  # one row of each per-step scale array, stored as an 8-row tile
         mixed = b_dtype != jnp.dtype(element_dtype)
-        step += 8 * (c.cta_m if mixed else c.cta_m + c.cta_n) * 4
+        step += 8 * ((2 if zeros else 1) * c.cta_m if mixed else c.cta_m + c.cta_n) * 4
     out = 2 * 2 * c.epi_tile_m * c.epi_tile_n * out_itemsize
     return c.max_concurrent_steps * step + out + 2 * (c.tile_m + c.tile_n) * 4 + 1024
 
@@ -221,7 +230,7 @@ def _planar_snake(lin, m_iters: int, n_iters: int, minor: str, width: int):
 def _decode(codes: jax.Array, code_dtype, dtype) -> jax.Array:
     """A register tile of codes (int8, e4m3, or 4-bit codes held as int4) -> `dtype` values.
     uint4 codes u become u - 8 (the sign bit flipped, read as int4: the native int4 -> bf16
-    upcast); the caller adds the 8 back. e4m3 goes through f16, the one 16-bit type
+    upcast); the caller's zeros carry the 8. e4m3 goes through f16, the one 16-bit type
     Hopper converts it to (every e4m3 value is exact in f16 and in bf16)."""
     if jnp.dtype(code_dtype) == jnp.uint4:
         codes = codes ^ jnp.asarray(-8, jnp.int4)
@@ -234,7 +243,7 @@ def _decode(codes: jax.Array, code_dtype, dtype) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("out_dtype", "config", "uniform_n", "num_ctas",
                                              "a_codes", "a_layout", "transpose_out", "interpret"))
-def scaled_matmul_mosaic(a, b, sa, sb, *, out_dtype=jnp.bfloat16,
+def scaled_matmul_mosaic(a, b, sa, sb, za=None, *, out_dtype=jnp.bfloat16,
                          config: MosaicGemmConfig = MosaicGemmConfig(), uniform_n: bool = False,
                          num_ctas: int | None = None, a_codes=None, a_layout: str = "nk",
                          transpose_out: bool = False, interpret: bool = False) -> jax.Array:
@@ -246,9 +255,9 @@ def scaled_matmul_mosaic(a, b, sa, sb, *, out_dtype=jnp.bfloat16,
     num_ctas: persistent CTAs (default: the device's SM count; interpret mode: 2).
     Mixed product only: a_codes, the codes `a` holds (default a.dtype; int4/uint4: a is a
     jnp.int4 (M, Kp) array, e.g. packed bytes bitcast, low nibble first along K); a_layout
-    "nk" or "mma" (`pallas_kernels.blocks`: 16-row x 64-byte tiles); with S > 1 the upcast
-    rows of a are scaled per K step, code * sa, before the wgmma, and sb is (1, Np),
-    applied in the epilogue; uint4 codes u count as u - 8.
+    "nk" or "mma" (`pallas_kernels.blocks`: 16-row x 64-byte tiles); with S > 1 or zeros
+    (za (S, M)) the upcast rows of a are scaled per K step, (code - za) * sa, before the
+    wgmma, and sb is (1, Np), applied in the epilogue.
     transpose_out: return y^T (Np, M): each output piece is stored transposed into shared
     memory (16-bit outputs only).
     `interpret=True` runs GPU interpret mode (any host; 8-bit x 8-bit with epilogue scales).
@@ -259,7 +268,9 @@ def scaled_matmul_mosaic(a, b, sa, sb, *, out_dtype=jnp.bfloat16,
     groups = sa.shape[0]
     codes = jnp.dtype(a_codes or a.dtype)
     mixed = jnp.dtype(b.dtype) in MIXED_B_DTYPES
-    prescale = mixed and groups > 1
+    if codes == jnp.uint4:  # decoded as u - 8: the zeros carry the 8
+        za = (0.0 if za is None else za.astype(_F32)) - 8.0 + jnp.zeros_like(sa, _F32)
+    prescale = mixed and (groups > 1 or za is not None)
     if a.shape != (m, kp) or (codes in MIXED_4BIT and a.dtype != jnp.int4):
         raise ValueError(f"a {a.shape} {a.dtype} must be (M, Kp={kp}) codes (int4 for 4-bit)")
     if a_layout == "mma" and m % 16:
@@ -267,23 +278,30 @@ def scaled_matmul_mosaic(a, b, sa, sb, *, out_dtype=jnp.bfloat16,
     if sa.shape != (groups, m) or sb.shape != (1 if prescale else groups, np_):
         raise ValueError(f"scales sa {sa.shape}, sb {sb.shape} must be (S, {m}) and "
                          f"({1 if prescale else 'S'}, {np_})")
+    if za is not None and za.shape != sa.shape:
+        raise ValueError(f"zeros za {za.shape} must match sa {sa.shape}")
     if transpose_out and jnp.dtype(out_dtype).itemsize != 2:
         raise NotImplementedError(
             f"transpose_out stores 16-bit outputs only, not {jnp.dtype(out_dtype)} (jax 0.11.2's "
             f"Mosaic GPU finds no layout for a transposed 32-bit store)")
     if (why := unsupported_reason(element_dtype=codes, kp=kp, np_=np_, groups=groups,
                                   config=c, b_dtype=b.dtype, out_dtype=out_dtype,
-                                  a_layout=a_layout, interpret=interpret)) is not None:
+                                  a_layout=a_layout, has_zeros=za is not None,
+                                  interpret=interpret)) is not None:
         raise NotImplementedError(why)
     out_dtype = jnp.dtype(out_dtype)
     promote = groups > 1 and not mixed
+    has_zeros = za is not None
     acc_dtype = jnp.int32 if jnp.dtype(b.dtype) == jnp.int8 else _F32
     mp = -(-m // c.cta_m) * c.cta_m
     a = jnp.pad(a, ((0, mp - m), (0, 0)))
     sa = jnp.pad(sa.astype(_F32), ((0, 0), (0, mp - m)))
+    za = None if za is None else jnp.pad(za.astype(_F32), ((0, 0), (0, mp - m)))
     sb = sb.astype(_F32)
     # The per-step scaling runs in b's dtype (bf16: 8% faster than f32 for 4-bit codes at
-    # M=1024, H100; the scale is rounded to bf16).
+    # M=1024, H100; the scale is rounded to bf16), in f32 with zeros (a fractional zero
+    # taken from an int8 code in bf16 loses up to half a unit: measured beyond tolerance).
+    math_dtype = _F32 if has_zeros else b.dtype
     m_iters, n_iters, k_iters = mp // c.cta_m, np_ // c.cta_n, kp // c.tile_k
     steps_per_group = k_iters // groups
     if a_layout == "mma":
@@ -303,7 +321,9 @@ def scaled_matmul_mosaic(a, b, sa, sb, *, out_dtype=jnp.bfloat16,
     n_epi = (c.tile_m // c.epi_tile_m) * (c.tile_n // c.epi_tile_n)
     out_slots = min(2, n_epi)
 
-    def kernel(a_gmem, b_gmem, sa_gmem, sb_gmem, o_gmem, o_smem, sa_smem, sb_smem, s_bar):
+    def kernel(a_gmem, b_gmem, sa_gmem, sb_gmem, *rest):
+        za_gmem = rest[0] if has_zeros else None
+        o_gmem, o_smem, sa_smem, sb_smem, s_bar = rest[1:] if has_zeros else rest
 
         def get_pipeline(body, context):
             if a_layout == "mma":
@@ -322,14 +342,17 @@ def scaled_matmul_mosaic(a, b, sa, sb, *, out_dtype=jnp.bfloat16,
                 specs += [plgpu.BlockSpec((1, c.cta_m), lambda k: (k, 0)),
                           plgpu.BlockSpec((1, c.cta_n), lambda k: (k, 0))]
             elif prescale:
-                specs.append(plgpu.BlockSpec((1, c.cta_m), lambda k: (k // steps_per_group, 0)))
+                row = plgpu.BlockSpec((1, c.cta_m), lambda k: (k // steps_per_group, 0))
+                specs += [row] * (2 if has_zeros else 1)
             return plgpu.emit_pipeline_warp_specialized(
                 body, grid=(k_iters,), memory_registers=40, in_specs=specs, wg_axis="wg",
                 num_compute_wgs=2, max_concurrent_steps=c.max_concurrent_steps,
                 compute_context=context)
 
         ignore = lambda *_, **__: None  # noqa: E731 (allocations do not depend on the body)
-        step_gmem = (sa_gmem, sb_gmem) if promote else ((sa_gmem,) if prescale else ())
+        step_gmem = (sa_gmem, sb_gmem) if promote else ()
+        if prescale:
+            step_gmem = (sa_gmem, za_gmem) if has_zeros else (sa_gmem,)
         pipe_args = (a_gmem, b_gmem) + step_gmem
 
         @functools.partial(pl.run_scoped,
@@ -364,9 +387,11 @@ def scaled_matmul_mosaic(a, b, sa, sb, *, out_dtype=jnp.bfloat16,
                                     b_smem.at[wg_n_sl].transpose((1, 0)))
                         return
                     # The decoded tile is wgmma's register operand.
-                    w = _decode(a_rows(a_smem)[...], codes, b.dtype)
+                    w = _decode(a_rows(a_smem)[...], codes, math_dtype)
                     if prescale:
-                        w = w * s_rows[0][0, wg_m_sl].astype(b.dtype)[:, None]
+                        if has_zeros:
+                            w = w - s_rows[1][0, wg_m_sl][:, None]
+                        w = (w * s_rows[0][0, wg_m_sl].astype(math_dtype)[:, None]).astype(b.dtype)
                     plgpu.wgmma(acc_ref, w, b_smem.at[wg_n_sl].transpose((1, 0)))
 
                 def epilogue(y):
@@ -463,5 +488,5 @@ def scaled_matmul_mosaic(a, b, sa, sb, *, out_dtype=jnp.bfloat16,
         interpret=plgpu.InterpretGPUParams() if interpret else None,
         kernel_name="scaled_matmul_mosaic",
     )
-    y = call(a, b, sa, sb)
-    return y[:, :m] if transpose_out else y[:m]
+    args = (a, b, sa, sb) + ((za,) if has_zeros else ())
+    return call(*args)[:, :m] if transpose_out else call(*args)[:m]

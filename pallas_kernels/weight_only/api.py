@@ -75,7 +75,8 @@ def unsupported_reason(x_shape, x_dtype, *, element_dtype, scale_dtype, block_k:
                        block_n: int, layout: str, k: int, n: int, impl: str,
                        interpret: bool = False, kp: int | None = None,
                        np_: int | None = None, config: TileConfig | None = None,
-                       has_global_scale: bool = False, out_dtype=None) -> str | None:
+                       has_global_scale: bool = False, has_zeros: bool = False,
+                       out_dtype=None) -> str | None:
     """Why `impl` cannot compute this product (None when it can). kp/np_ default to the
     smallest padding the contract allows."""
     if impl not in IMPLS:
@@ -107,8 +108,8 @@ def unsupported_reason(x_shape, x_dtype, *, element_dtype, scale_dtype, block_k:
                     f"RegisterLhsConfig (scaled_gemm's MosaicGemmConfig), not {config!r}")
         why = mosaic_kernel.register_lhs_reason(
             element_dtype=element_dtype, x_dtype=x_dtype, block_k=block_k, layout=layout, kp=kp,
-            np_=np_, out_dtype=out_dtype, has_global_scale=has_global_scale, interpret=interpret,
-            config=config)
+            np_=np_, out_dtype=out_dtype, has_zeros=has_zeros, has_global_scale=has_global_scale,
+            interpret=interpret, config=config)
         if why is None and not _on_gpu():
             why = "impl='mosaic' runs natively only on a Hopper GPU"
         return why
@@ -276,7 +277,8 @@ def weight_only_matmul(x, values, scales, zeros=None, global_scale=None, *, elem
                                      or not blocks.is_four_bit(element_dtype)):
         why = mosaic_kernel.register_lhs_reason(
             element_dtype=element_dtype, x_dtype=x.dtype, block_k=block_k, layout=layout, kp=kp,
-            np_=np_, out_dtype=out_dtype, has_global_scale=global_scale is not None)
+            np_=np_, out_dtype=out_dtype, has_zeros=zeros is not None,
+            has_global_scale=global_scale is not None)
         if why is None:
             return mosaic_kernel.weight_only_matmul_register_lhs(
                 x, values, scales, zeros, element_dtype=element_dtype, layout=layout,
@@ -296,7 +298,8 @@ def weight_only_matmul(x, values, scales, zeros=None, global_scale=None, *, elem
         values, layout = blocks.mma_to_nk(values, element_dtype), "nk"
     kw = dict(element_dtype=element_dtype, scale_dtype=scales.dtype, block_k=block_k,
               block_n=block_n, layout=layout, k=k, n=n, kp=kp, np_=np_, config=config,
-              has_global_scale=global_scale is not None, out_dtype=out_dtype)
+              has_global_scale=global_scale is not None, has_zeros=zeros is not None,
+              out_dtype=out_dtype)
     chosen = impl
     if impl == "auto":
         why = unsupported_reason(x.shape, x.dtype, impl="auto", interpret=interpret, **kw)

@@ -316,17 +316,19 @@ def _tiles(element_dtype) -> scaled_mosaic.MosaicGemmConfig:
     return REGISTER_LHS_TILES_4BIT if blocks.is_four_bit(element_dtype) else REGISTER_LHS_TILES
 
 
-def register_lhs_config(element_dtype, out_dtype, *, block_k: int,
-                        kp: int) -> scaled_mosaic.MosaicGemmConfig:
+def register_lhs_config(element_dtype, out_dtype, *, block_k: int, kp: int,
+                        has_zeros: bool = False) -> scaled_mosaic.MosaicGemmConfig:
     """The measured tiles for these codes, made to fit shared memory with this output dtype
-    and, when the kernel scales per K step (groups shorter than Kp), the step's scale rows:
-    fewer stages first, then half the rows of x."""
+    and, when the kernel scales per K step (groups shorter than Kp, or zeros), the step's
+    scale and zero rows: fewer stages first, then half the rows of x."""
     base = c = _tiles(element_dtype)
+    zeros = scaled_mosaic.carries_zeros(element_dtype, has_zeros)
     for tile_n in (base.tile_n, base.tile_n // 2):
         for steps in range(base.max_concurrent_steps, 1, -1):
             c = dataclasses.replace(base, tile_n=tile_n, max_concurrent_steps=steps)
             need = scaled_mosaic.smem_bytes(c, element_dtype, jnp.dtype(out_dtype).itemsize,
-                                            jnp.bfloat16, promote=block_k < kp)
+                                            jnp.bfloat16, promote=block_k < kp or zeros,
+                                            zeros=zeros)
             if need <= scaled_mosaic.SMEM_LIMIT:
                 return c
     return c
@@ -341,12 +343,13 @@ def takes_register_lhs(element_dtype, block_k: int, layout: str, kp: int) -> boo
 
 
 def register_lhs_reason(*, element_dtype, x_dtype, block_k: int, layout: str,
-                        kp: int, np_: int, out_dtype=None, has_global_scale: bool = False,
-                        interpret: bool = False,
+                        kp: int, np_: int, out_dtype=None, has_zeros: bool = False,
+                        has_global_scale: bool = False, interpret: bool = False,
                         config: scaled_mosaic.MosaicGemmConfig | None = None) -> str | None:
     """Why `weight_only_matmul_register_lhs` cannot take this weight (None when it can)."""
     out_dtype = jnp.dtype(out_dtype or x_dtype)
-    config = config or register_lhs_config(element_dtype, out_dtype, block_k=block_k, kp=kp)
+    config = config or register_lhs_config(element_dtype, out_dtype, block_k=block_k, kp=kp,
+                                           has_zeros=has_zeros)
     if not takes_register_lhs(element_dtype, block_k, layout, kp):
         return (f"the register-operand kernel takes {', '.join(map(str, REGISTER_LHS_CODES))} "
                 f"codes stored {' or '.join(REGISTER_LHS_LAYOUTS)}, scales over K or over groups "
@@ -362,7 +365,7 @@ def register_lhs_reason(*, element_dtype, x_dtype, block_k: int, layout: str,
     return scaled_mosaic.unsupported_reason(
         element_dtype=element_dtype, kp=kp, np_=config.cta_n, groups=max(1, kp // block_k),
         config=config, b_dtype=x_dtype, out_dtype=out_dtype, a_layout=layout,
-        interpret=interpret)
+        has_zeros=has_zeros, interpret=interpret)
 
 
 @functools.partial(jax.jit, static_argnames=("element_dtype", "layout", "block_k", "n",
@@ -374,19 +377,15 @@ def weight_only_matmul_register_lhs(x, values, scales, zeros=None, *, element_dt
     """x (M, k) bf16/f16 @ W stored "nk" or "mma" (values (Np, Kp) int8 / e4m3 or (Np, Kp/2)
     packed 4-bit, scales and zeros (Np/block_n, Kp/block_k)) -> (M, n). Computes y^T = W x^T
     (weight rows as wgmma's M); a 16-bit y is stored transposed by the kernel, an f32 one by
-    XLA.
-
-    Zero points stay out of the kernel, which multiplies codes (uint4 codes u as u - 8) by
-    their scales: their share of y, -sum_g xsum_g (z - 8) s over the S scale groups (xsum_g:
-    the sum of x over group g), is a GEMM with K = S added to the kernel's output."""
+    XLA."""
     m, k = x.shape
     np_ = values.shape[0]
     if block_n > 1:  # one scale (and zero) row per weight row
         scales = jnp.repeat(scales, block_n, axis=0)[:np_]
         zeros = None if zeros is None else jnp.repeat(zeros, block_n, axis=0)[:np_]
     kp = values.shape[1] * (2 if blocks.is_four_bit(element_dtype) else 1)
-    config = config or register_lhs_config(element_dtype, out_dtype, block_k=block_k, kp=kp)
-    uint4 = jnp.dtype(element_dtype) == jnp.uint4
+    config = config or register_lhs_config(element_dtype, out_dtype, block_k=block_k, kp=kp,
+                                           has_zeros=zeros is not None)
     if blocks.is_four_bit(element_dtype):  # the same bytes, two int4 codes each (low first)
         values = lax.bitcast_convert_type(values, jnp.int4).reshape(np_, kp)
     mp = -(-m // config.cta_n) * config.cta_n
@@ -395,13 +394,7 @@ def weight_only_matmul_register_lhs(x, values, scales, zeros=None, *, element_dt
     # after the kernel); Mosaic GPU stores only 16-bit outputs that way.
     transpose = jnp.dtype(out_dtype).itemsize == 2
     y = scaled_mosaic.scaled_matmul_mosaic(
-        values, xp, scales.astype(_F32).T, jnp.ones((1, mp), _F32), out_dtype=out_dtype,
-        config=config, a_codes=jnp.dtype(element_dtype), a_layout=layout, transpose_out=transpose)
-    y = y if transpose else y.T
-    if zeros is not None or uint4:
-        zs = (0.0 if zeros is None else zeros.astype(_F32)) - (8.0 if uint4 else 0.0)
-        zs = zs * scales.astype(_F32)
-        groups = zs.shape[1]
-        xsum = xp.astype(_F32).reshape(mp, groups, kp // groups).sum(axis=-1)
-        y = y + jnp.dot(xsum.astype(x.dtype), -zs.T.astype(x.dtype), preferred_element_type=y.dtype)
-    return y[:m, :n]
+        values, xp, scales.astype(_F32).T, jnp.ones((1, mp), _F32),
+        None if zeros is None else zeros.astype(_F32).T, out_dtype=out_dtype, config=config,
+        a_codes=jnp.dtype(element_dtype), a_layout=layout, transpose_out=transpose)
+    return (y if transpose else y.T)[:m, :n]

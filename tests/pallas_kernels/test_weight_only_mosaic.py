@@ -220,7 +220,8 @@ def test_register_lhs_reasons(monkeypatch):
         element_dtype=jnp.float4_e2m1fn, block_k=1024, **kw)
     assert "global scale" in mosaic_kernel.register_lhs_reason(
         element_dtype=jnp.int8, block_k=1024, has_global_scale=True, **kw)
-    assert mosaic_kernel.register_lhs_reason(element_dtype=jnp.uint4, block_k=128, **kw) is None
+    assert mosaic_kernel.register_lhs_reason(element_dtype=jnp.uint4, block_k=128,
+                                             has_zeros=True, **kw) is None
 
 
 @pytest.mark.gpu
