@@ -10,10 +10,10 @@ block scales [+ zeros] [+ global scale]) and only x is a float array. Implementa
     "mosaic"  `mosaic_kernel.py`: Mosaic GPU (wgmma) prefill GEMMs. int8/int4/uint4/e4m3
               weights stored "nk" or "mma" (scales over K or over groups of whole K steps;
               blocks of rows repeated per row): y^T = W x^T on the warp-specialized scaled
-              GEMM with the upcast weight tile as wgmma's register operand (native only). "kn" int8/int4/uint4: a
-              one-warpgroup kernel that dequantizes into shared memory; runs in GPU
-              interpret mode on CPU; explicit only (0.65x XLA's bf16 dot for int8 and 0.36x
-              for int4-g128 at M=1024 on H200, below the XLA route).
+              GEMM with the upcast weight tile as wgmma's register operand (native only).
+              "kn" int8/int4/uint4: a one-warpgroup kernel that dequantizes into shared
+              memory; runs in GPU interpret mode on CPU; explicit only (0.65x XLA's bf16 dot
+              for int8 and 0.36x for int4-g128 at M=1024 on H200, below the XLA route).
     "auto"    on GPU: M >= XLA_PREFILL_MIN_M (prefill) -> weights the register-operand
               kernel takes (the w8a16, w8a16-fp8, w4a16 and w4a16-uint4 recipes, fp8 128x128
               blocks; 4-bit up to `mosaic_kernel.REGISTER_LHS_MAX_M_4BIT`): that kernel
