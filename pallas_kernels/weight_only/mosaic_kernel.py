@@ -380,9 +380,9 @@ def weight_only_matmul_register_lhs(x, values, scales, zeros=None, *, element_dt
     XLA."""
     m, k = x.shape
     np_ = values.shape[0]
-    if block_n > 1:  # one scale (and zero) row per weight row
-        scales = jnp.repeat(scales, block_n, axis=0)[:np_]
-        zeros = None if zeros is None else jnp.repeat(zeros, block_n, axis=0)[:np_]
+    # one scale (and zero) row per weight row
+    scales = blocks.expand_blocks(scales, (block_n,), (0,))[:np_]
+    zeros = None if zeros is None else blocks.expand_blocks(zeros, (block_n,), (0,))[:np_]
     kp = values.shape[1] * (2 if blocks.is_four_bit(element_dtype) else 1)
     config = config or register_lhs_config(element_dtype, out_dtype, block_k=block_k, kp=kp,
                                            has_zeros=zeros is not None)
