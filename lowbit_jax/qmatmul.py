@@ -19,14 +19,15 @@ impl
     "pallas"  the Pallas kernel; raises `KernelUnavailableError` with the reason when it
               cannot run (never a silent fallback).
     "triton"  the Triton kernel (through jax-triton), GPU only; raises likewise.
-    "mosaic"  the Mosaic GPU (wgmma) kernels: weight-only (int8/int4/uint4/e4m3)
-              and the warp-specialized 8-bit scaled GEMM (W8A8, fp8 / int8 blocks).
+    "mosaic"  the Mosaic GPU (wgmma) kernels: weight-only (int8/int4/uint4/e4m3/e2m1
+              codes; MX and NVFP4 blocks, g32/g64 groups) and the warp-specialized 8-bit
+              scaled GEMM (W8A8, fp8 / int8 blocks).
     "auto"    the fastest path that can run, logging its reason once when that is not a
               kernel: on GPU, weight-only products with M >= 512 (prefill) go to the Mosaic
-              GPU register-operand kernel where it takes the weight (int8, e4m3, int4, uint4
-              codes), else to XLA (the weight dequantized to x's dtype in one pass, then
-              XLA's GEMM), and scaled products to the Mosaic GPU GEMM where it runs,
-              else Triton; otherwise the kernel, else "xla".
+              GPU register-operand kernel for the weights it was measured on (int8, e4m3,
+              int4, uint4 codes, scales over K or whole K steps), else to XLA (the weight
+              dequantized to x's dtype in one pass, then XLA's GEMM), and scaled products
+              to the Mosaic GPU GEMM where it runs, else Triton; otherwise the kernel, else "xla".
 `interpret=True` runs Pallas kernels in interpret mode (CPU).
 """
 

@@ -11,15 +11,18 @@ S == 1 is per-token x per-channel (W8A8), S == K / tile_k is DeepSeek-V3-style p
 (activation tiles 1 x G, weight blocks G x block_n, G = tile_k; the weight's per-block scale
 is repeated along its block_n columns by the caller, `api`).
 
-The mixed product (b bf16/f16; `a_codes` int8, int4, uint4 or float8_e4m3fn, held as int8 /
-jnp.int4 / float8_e4m3fn)
+The mixed product (b bf16/f16; `a_codes` int8, int4, uint4, float4_e2m1fn or float8_e4m3fn,
+held as int8 / jnp.int4 (the 4-bit ones) / float8_e4m3fn)
     Each compute warpgroup loads its a tile from shared memory into registers, upcasts it
     (Mosaic GPU's int8 and CUTLASS-style int4 -> bf16 conversions; uint4 codes u as the
     int4 u ^ 8 = u - 8, the 8 carried by the zeros; e4m3 by Hopper's e4m3x2 -> f16x2
-    `cvt`, then to bf16 through f32, exact both ways) and issues wgmma with it as the
-    register operand, as JAX's `hopper_mixed_type_matmul_mgpu` does. Scales: once in the
-    epilogue (S == 1, no zeros), or per K step on the upcast tile, (code - za) * sa, for
-    S groups of whole steps or with zeros (in b's dtype; in f32 with zeros). a may be
+    `cvt`, then to bf16 through f32, exact both ways; e2m1, which Hopper cannot convert,
+    by integer ops into f16 bits, `_decode`) and issues wgmma with it as the register
+    operand, as JAX's `hopper_mixed_type_matmul_mgpu` does. Scales: once in the epilogue
+    (S == 1, no zeros), or per K step on the upcast tile, (code - za) * sa, for S groups
+    of whole steps, 2-8 groups per step (MX's 32 and NVFP4's 16 columns: each group's
+    8-column register tiles are sliced off, scaled and concatenated back), or with zeros
+    (in b's dtype; in f32 with zeros). a may be
     stored "mma" (`pallas_kernels.blocks`: 16-row x 64-byte tiles, the fields of each
     32-bit word reordered): a 4-d view lets TMA box one chunk of 16-row tiles per K step,
     a 3-d tiling folds it back into the 2-d swizzled tile, and b's columns are permuted
@@ -72,7 +75,8 @@ from pallas_kernels import blocks
 
 ELEMENT_DTYPES = (jnp.dtype(jnp.float8_e4m3fn), jnp.dtype(jnp.int8))
 MIXED_B_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-MIXED_4BIT = (jnp.dtype(jnp.int4), jnp.dtype(jnp.uint4))  # held by `a` as jnp.int4
+# held by `a` as jnp.int4 (the packed bytes bitcast)
+MIXED_4BIT = (jnp.dtype(jnp.int4), jnp.dtype(jnp.uint4), jnp.dtype(jnp.float4_e2m1fn))
 # Codes of `a` that the mixed product converts in registers (against b in MIXED_B_DTYPES).
 MIXED_CODES = (jnp.dtype(jnp.int8), *MIXED_4BIT, jnp.dtype(jnp.float8_e4m3fn))
 _F32 = jnp.float32
@@ -134,7 +138,7 @@ def device_reason() -> str | None:
 
 
 def code_bits(codes) -> int:
-    """Bits of one code of `a` (4 for int4/uint4 codes packed two per byte)."""
+    """Bits of one code of `a` (4 for 4-bit codes packed two per byte)."""
     return 4 if jnp.dtype(codes) in MIXED_4BIT else 8 * jnp.dtype(codes).itemsize
 
 
@@ -172,9 +176,12 @@ def unsupported_reason(*, element_dtype, kp: int, np_: int, groups: int,
         return f"Np={np_} must be a multiple of the CTA tile's N={c.cta_n}"
     k_iters = kp // c.tile_k
     if mixed:
-        if groups < 1 or k_iters % groups:
+        per_step = groups // k_iters
+        if groups < 1 or (k_iters % groups and (groups % k_iters or per_step > 8
+                                                 or (c.tile_k // per_step) % 8)):
             return (f"{groups} weight-scale groups along Kp={kp}: the mixed product scales "
-                    f"whole tile_k={c.tile_k} steps ({k_iters} of them) or once (1)")
+                    f"whole tile_k={c.tile_k} steps ({k_iters} of them), once (1), or 2-8 "
+                    f"groups of a multiple of 8 columns per step")
     elif groups not in (1, k_iters):
         return (f"{groups} scale groups along Kp={kp}: the kernel promotes once per "
                 f"tile_k={c.tile_k} step (groups = {k_iters}) or scales once (1)")
@@ -231,7 +238,15 @@ def _decode(codes: jax.Array, code_dtype, dtype) -> jax.Array:
     """A register tile of codes (int8, e4m3, or 4-bit codes held as int4) -> `dtype` values.
     uint4 codes u become u - 8 (the sign bit flipped, read as int4: the native int4 -> bf16
     upcast); the caller's zeros carry the 8. e4m3 goes through f16, the one 16-bit type
-    Hopper converts it to (every e4m3 value is exact in f16 and in bf16)."""
+    Hopper converts it to (every e4m3 value is exact in f16 and in bf16). e2m1 (no upcast
+    on Hopper) by integer ops: the nibble s|em, sign-extended to 16 bits, becomes the f16
+    bits s << 15 | em << 9, which read value * 2**-14 (0.5, em = 1, as a subnormal), then
+    one exact f16 multiply by 2**14. Pure jnp: the same function runs outside a kernel."""
+    if jnp.dtype(code_dtype) == jnp.float4_e2m1fn:
+        c = codes.astype(jnp.int8).astype(jnp.int16)
+        bits = ((c & 7) << 9) | (c & jnp.int16(-0x8000))
+        v = lax.bitcast_convert_type(bits, jnp.float16) * jnp.float16(2.0**14)
+        return v.astype(dtype)
     if jnp.dtype(code_dtype) == jnp.uint4:
         codes = codes ^ jnp.asarray(-8, jnp.int4)
     if jnp.dtype(code_dtype) in MIXED_4BIT:
@@ -253,11 +268,12 @@ def scaled_matmul_mosaic(a, b, sa, sb, za=None, *, out_dtype=jnp.bfloat16,
     uniform_n: sb is constant over each warpgroup tile's tile_n columns (weight blocks of a
     multiple of tile_n columns, aligned): the promotion reads one weight scale per step.
     num_ctas: persistent CTAs (default: the device's SM count; interpret mode: 2).
-    Mixed product only: a_codes, the codes `a` holds (default a.dtype; int4/uint4: a is a
-    jnp.int4 (M, Kp) array, e.g. packed bytes bitcast, low nibble first along K); a_layout
-    "nk" or "mma" (`pallas_kernels.blocks`: 16-row x 64-byte tiles); with S > 1 or zeros
-    (za (S, M)) the upcast rows of a are scaled per K step, (code - za) * sa, before the
-    wgmma, and sb is (1, Np), applied in the epilogue.
+    Mixed product only: a_codes, the codes `a` holds (default a.dtype; int4/uint4/e2m1: a
+    is a jnp.int4 (M, Kp) array, e.g. packed bytes bitcast, low nibble first along K);
+    a_layout "nk" or "mma" (`pallas_kernels.blocks`: 16-row x 64-byte tiles); with S > 1
+    or zeros (za (S, M)) the upcast rows of a are scaled per K step (per group of columns
+    when S is a multiple of the steps), (code - za) * sa, before the wgmma, and sb is
+    (1, Np), applied in the epilogue.
     transpose_out: return y^T (Np, M): each output piece is stored transposed into shared
     memory (16-bit outputs only).
     `interpret=True` runs GPU interpret mode (any host; 8-bit x 8-bit with epilogue scales).
@@ -303,7 +319,8 @@ def scaled_matmul_mosaic(a, b, sa, sb, za=None, *, out_dtype=jnp.bfloat16,
     # taken from an int8 code in bf16 loses up to half a unit: measured beyond tolerance).
     math_dtype = _F32 if has_zeros else b.dtype
     m_iters, n_iters, k_iters = mp // c.cta_m, np_ // c.cta_n, kp // c.tile_k
-    steps_per_group = k_iters // groups
+    steps_per_group = max(1, k_iters // groups)
+    groups_per_step = max(1, groups // k_iters)  # > 1: scale groups shorter than a step
     if a_layout == "mma":
         # Each 16-row x 64-byte tile is contiguous: a 4-d view whose K steps TMA can box.
         chunk_k = blocks.mma_chunk_k(codes)
@@ -342,7 +359,8 @@ def scaled_matmul_mosaic(a, b, sa, sb, za=None, *, out_dtype=jnp.bfloat16,
                 specs += [plgpu.BlockSpec((1, c.cta_m), lambda k: (k, 0)),
                           plgpu.BlockSpec((1, c.cta_n), lambda k: (k, 0))]
             elif prescale:
-                row = plgpu.BlockSpec((1, c.cta_m), lambda k: (k // steps_per_group, 0))
+                row = plgpu.BlockSpec((groups_per_step, c.cta_m),
+                                      lambda k: (k // steps_per_group, 0))
                 specs += [row] * (2 if has_zeros else 1)
             return plgpu.emit_pipeline_warp_specialized(
                 body, grid=(k_iters,), memory_registers=40, in_specs=specs, wg_axis="wg",
@@ -389,9 +407,16 @@ def scaled_matmul_mosaic(a, b, sa, sb, za=None, *, out_dtype=jnp.bfloat16,
                     # The decoded tile is wgmma's register operand.
                     w = _decode(a_rows(a_smem)[...], codes, math_dtype)
                     if prescale:
-                        if has_zeros:
-                            w = w - s_rows[1][0, wg_m_sl][:, None]
-                        w = (w * s_rows[0][0, wg_m_sl].astype(math_dtype)[:, None]).astype(b.dtype)
+                        # Each scale group's columns (whole 8-column register tiles).
+                        cols = c.tile_k // groups_per_step
+                        parts = []
+                        for g in range(groups_per_step):
+                            p = w if groups_per_step == 1 else w[:, g * cols:(g + 1) * cols]
+                            if has_zeros:
+                                p = p - s_rows[1][g, wg_m_sl][:, None]
+                            parts.append(p * s_rows[0][g, wg_m_sl].astype(math_dtype)[:, None])
+                        w = parts[0] if groups_per_step == 1 else jnp.concatenate(parts, axis=1)
+                        w = w.astype(b.dtype)
                     plgpu.wgmma(acc_ref, w, b_smem.at[wg_n_sl].transpose((1, 0)))
 
                 def epilogue(y):

@@ -7,16 +7,19 @@ block scales [+ zeros] [+ global scale]) and only x is a float array. Implementa
     "pallas"  `pallas_kernel.py`: BlockSpec Pallas kernel; `interpret=True` runs it anywhere.
     "triton"  `triton_kernel.py` + `triton_decode.py`: raw Triton via jax-triton, NVIDIA GPUs
               only (the fast path; tiles from the per-device tuned table or the heuristic).
-    "mosaic"  `mosaic_kernel.py`: Mosaic GPU (wgmma) prefill GEMMs. int8/int4/uint4/e4m3
-              weights stored "nk" or "mma" (scales over K or over groups of whole K steps;
-              blocks of rows repeated per row): y^T = W x^T on the warp-specialized scaled
-              GEMM with the upcast weight tile as wgmma's register operand (native only).
+    "mosaic"  `mosaic_kernel.py`: Mosaic GPU (wgmma) prefill GEMMs. int8/int4/uint4/e4m3/
+              e2m1 weights stored "nk" or "mma" (scales over K, over groups of whole K steps
+              or over 2-8 groups per step, e.g. MX's 32 and NVFP4's 16; blocks of rows
+              repeated per row; a global scale folded in): y^T = W x^T on the
+              warp-specialized scaled GEMM with the upcast weight tile as wgmma's register
+              operand (native only).
               "kn" int8/int4/uint4: a one-warpgroup kernel that dequantizes into shared
               memory; runs in GPU interpret mode on CPU; explicit only (0.65x XLA's bf16 dot
               for int8 and 0.36x for int4-g128 at M=1024 on H200, below the XLA route).
-    "auto"    on GPU: M >= XLA_PREFILL_MIN_M (prefill) -> weights the register-operand
-              kernel takes (the w8a16, w8a16-fp8, w4a16 and w4a16-uint4 recipes, fp8 128x128
-              blocks; 4-bit up to `mosaic_kernel.REGISTER_LHS_MAX_M_4BIT`): that kernel
+    "auto"    on GPU: M >= XLA_PREFILL_MIN_M (prefill) -> the weights the register-operand
+              kernel was measured on (`mosaic_kernel.auto_takes_register_lhs`: the w8a16,
+              w8a16-fp8, w4a16 and w4a16-uint4 recipes, fp8 128x128 blocks; 4-bit up to
+              `mosaic_kernel.REGISTER_LHS_MAX_M_4BIT`): that kernel
               (0.83-0.96x XLA's bf16 dot for int8, fp8 and int4-g128 at M=1024 on H100,
               against 0.59-0.67x for the route);
               other weights: dequantized to x's dtype in one pass, then XLA's GEMM
@@ -108,8 +111,8 @@ def unsupported_reason(x_shape, x_dtype, *, element_dtype, scale_dtype, block_k:
                     f"RegisterLhsConfig (scaled_gemm's MosaicGemmConfig), not {config!r}")
         why = mosaic_kernel.register_lhs_reason(
             element_dtype=element_dtype, x_dtype=x_dtype, block_k=block_k, layout=layout, kp=kp,
-            np_=np_, out_dtype=out_dtype, has_zeros=has_zeros, has_global_scale=has_global_scale,
-            interpret=interpret, config=config)
+            np_=np_, out_dtype=out_dtype, has_zeros=has_zeros, interpret=interpret,
+            config=config)
         if why is None and not _on_gpu():
             why = "impl='mosaic' runs natively only on a Hopper GPU"
         return why
@@ -191,9 +194,9 @@ def _kernel_call(x, values, scales, zeros, global_scale, *, chosen, spec, cfg, o
                  interpret):
     if chosen == "mosaic" and spec.layout in mosaic_kernel.REGISTER_LHS_LAYOUTS:
         return mosaic_kernel.weight_only_matmul_register_lhs(
-            x, values, scales, zeros, element_dtype=spec.element_dtype, layout=spec.layout,
-            block_k=spec.block_k, block_n=spec.block_n, n=spec.n, out_dtype=out_dtype,
-            config=cfg)
+            x, values, scales, zeros, global_scale, element_dtype=spec.element_dtype,
+            layout=spec.layout, block_k=spec.block_k, block_n=spec.block_n, n=spec.n,
+            out_dtype=out_dtype, config=cfg)
     if chosen == "mosaic":
         return mosaic_kernel.weight_only_matmul_mosaic(
             x, values, scales, zeros, element_dtype=spec.element_dtype, block_k=spec.block_k,
@@ -273,15 +276,14 @@ def weight_only_matmul(x, values, scales, zeros=None, global_scale=None, *, elem
     prefill = (impl == "auto" and config is None and x.shape[0] >= XLA_PREFILL_MIN_M
                and _on_gpu() and jnp.dtype(x.dtype) in X_DTYPES)
     register_lhs = mosaic_kernel.takes_register_lhs(element_dtype, block_k, layout, kp)
-    if prefill and register_lhs and (x.shape[0] <= mosaic_kernel.REGISTER_LHS_MAX_M_4BIT
-                                     or not blocks.is_four_bit(element_dtype)):
+    if prefill and mosaic_kernel.auto_takes_register_lhs(element_dtype, block_k, layout, kp,
+                                                         x.shape[0]):
         why = mosaic_kernel.register_lhs_reason(
             element_dtype=element_dtype, x_dtype=x.dtype, block_k=block_k, layout=layout, kp=kp,
-            np_=np_, out_dtype=out_dtype, has_zeros=zeros is not None,
-            has_global_scale=global_scale is not None)
+            np_=np_, out_dtype=out_dtype, has_zeros=zeros is not None)
         if why is None:
             return mosaic_kernel.weight_only_matmul_register_lhs(
-                x, values, scales, zeros, element_dtype=element_dtype, layout=layout,
+                x, values, scales, zeros, global_scale, element_dtype=element_dtype, layout=layout,
                 block_k=block_k, block_n=block_n, n=n, out_dtype=out_dtype).reshape(*lead, n)
         _log_once(f"weight_only_matmul: prefill of a {jnp.dtype(element_dtype)} {layout!r} "
                   f"weight takes the XLA route: {why}")

@@ -1,13 +1,14 @@
 """Weight-only prefill GEMMs for Hopper on the Mosaic GPU Pallas backend (`plgpu`).
 
 `y = x @ dequantize(W)` for x (M, K) bf16/f16 and W stored by `pallas_kernels.blocks` with
-int8, int4/uint4 or (register operand only) e4m3 elements. Prefill (M >= 256) is tensor-core
-bound, so both paths feed `wgmma` rather than a CUDA-core dot. Two paths:
+int8, int4/uint4 or (register operand only) e4m3 and e2m1 elements. Prefill (M >= 256) is
+tensor-core bound, so both paths feed `wgmma` rather than a CUDA-core dot. Two paths:
 
     register operand (the fast one; end of the module): "nk" or "mma" weights, y^T = W x^T
         on the warp-specialized kernel of `pallas_kernels.scaled_gemm.mosaic_kernel`, each
         weight tile upcast in registers as wgmma's register operand, y stored transposed.
-        Native only. `impl="auto"` takes it for prefill.
+        Native only. `impl="auto"` takes it for prefill where it was measured faster than
+        the XLA route (`auto_takes_register_lhs`).
     one warpgroup (first; explicit only): "kn" weights, dequantized into shared memory;
         runs in GPU interpret mode, which is how CI tests a weight-only Mosaic kernel.
 
@@ -335,16 +336,34 @@ def register_lhs_config(element_dtype, out_dtype, *, block_k: int, kp: int,
 
 
 def takes_register_lhs(element_dtype, block_k: int, layout: str, kp: int) -> bool:
-    """Whether the weight is one the register-operand kernel is for: int8/int4/uint4/e4m3
-    codes stored "nk" or "mma", scales over all of K or over groups of whole K steps (blocks
-    of block_n > 1 output rows, e.g. fp8's 128x128, are repeated per row by XLA first)."""
+    """Whether the weight is one the register-operand kernel is for: int8/int4/uint4/e4m3/
+    e2m1 codes stored "nk" or "mma", scales over all of K, over groups of whole K steps, or
+    over 2-8 groups per step (MX's 32, NVFP4's 16, g32/g64) of whole 8-column register
+    tiles (blocks of block_n > 1 output rows, e.g. fp8's 128x128, are repeated per row by
+    XLA first)."""
+    tk = _tiles(element_dtype).tile_k
     return (jnp.dtype(element_dtype) in REGISTER_LHS_CODES and layout in REGISTER_LHS_LAYOUTS
-            and (block_k >= kp or block_k % _tiles(element_dtype).tile_k == 0))
+            and (block_k >= kp or block_k % tk == 0
+                 or (tk % block_k == 0 and block_k % 8 == 0 and tk // block_k <= 8)))
+
+
+def auto_takes_register_lhs(element_dtype, block_k: int, layout: str, kp: int, m: int) -> bool:
+    """Whether `impl="auto"` sends this prefill to the register-operand kernel: the weights
+    it was measured faster than the XLA route on (H100, BENCHMARKS.md sessions 10-12):
+    int8/int4/uint4/e4m3 codes with scales over K or over whole K steps, 4-bit codes up to
+    `REGISTER_LHS_MAX_M_4BIT` rows of x. Shorter groups (MX, NVFP4, g32/g64) and e2m1 codes
+    run when asked for (`impl="mosaic"`) and stay on the route here until a GPU has checked
+    and timed them (session 13 had no device time left: lowered on CPU only)."""
+    edt = jnp.dtype(element_dtype)
+    whole_steps = block_k >= kp or block_k % _tiles(edt).tile_k == 0
+    return (takes_register_lhs(edt, block_k, layout, kp) and whole_steps
+            and edt != jnp.float4_e2m1fn
+            and (m <= REGISTER_LHS_MAX_M_4BIT or not blocks.is_four_bit(edt)))
 
 
 def register_lhs_reason(*, element_dtype, x_dtype, block_k: int, layout: str,
                         kp: int, np_: int, out_dtype=None, has_zeros: bool = False,
-                        has_global_scale: bool = False, interpret: bool = False,
+                        interpret: bool = False,
                         config: scaled_mosaic.MosaicGemmConfig | None = None) -> str | None:
     """Why `weight_only_matmul_register_lhs` cannot take this weight (None when it can)."""
     out_dtype = jnp.dtype(out_dtype or x_dtype)
@@ -352,11 +371,10 @@ def register_lhs_reason(*, element_dtype, x_dtype, block_k: int, layout: str,
                                            has_zeros=has_zeros)
     if not takes_register_lhs(element_dtype, block_k, layout, kp):
         return (f"the register-operand kernel takes {', '.join(map(str, REGISTER_LHS_CODES))} "
-                f"codes stored {' or '.join(REGISTER_LHS_LAYOUTS)}, scales over K or over groups "
-                f"of whole {config.tile_k}-deep steps; got {jnp.dtype(element_dtype)}, "
+                f"codes stored {' or '.join(REGISTER_LHS_LAYOUTS)}, scales over K, over groups "
+                f"of whole {config.tile_k}-deep steps or over 2-8 groups of a multiple of 8 "
+                f"per step; got {jnp.dtype(element_dtype)}, "
                 f"{block_k=} (Kp={kp}), {layout=}")
-    if has_global_scale:
-        return "the register-operand kernel takes weights without a global scale"
     if np_ % config.cta_m:
         return (f"Np={np_} must be a multiple of {config.cta_m} (the CTA's weight rows) for the "
                 f"register-operand kernel")
@@ -370,18 +388,20 @@ def register_lhs_reason(*, element_dtype, x_dtype, block_k: int, layout: str,
 
 @functools.partial(jax.jit, static_argnames=("element_dtype", "layout", "block_k", "n",
                                              "out_dtype", "config", "block_n"))
-def weight_only_matmul_register_lhs(x, values, scales, zeros=None, *, element_dtype,
-                                    layout: str, block_k: int, n: int, out_dtype,
-                                    config: scaled_mosaic.MosaicGemmConfig | None = None,
+def weight_only_matmul_register_lhs(x, values, scales, zeros=None, global_scale=None, *,
+                                    element_dtype, layout: str, block_k: int, n: int,
+                                    out_dtype, config: scaled_mosaic.MosaicGemmConfig | None = None,
                                     block_n: int = 1):
     """x (M, k) bf16/f16 @ W stored "nk" or "mma" (values (Np, Kp) int8 / e4m3 or (Np, Kp/2)
-    packed 4-bit, scales and zeros (Np/block_n, Kp/block_k)) -> (M, n). Computes y^T = W x^T
-    (weight rows as wgmma's M); a 16-bit y is stored transposed by the kernel, an f32 one by
-    XLA."""
+    packed 4-bit, scales and zeros (Np/block_n, Kp/block_k), global_scale None or a scalar
+    folded into the f32 scales) -> (M, n). Computes y^T = W x^T (weight rows as wgmma's M);
+    a 16-bit y is stored transposed by the kernel, an f32 one by XLA."""
     m, k = x.shape
     np_ = values.shape[0]
     # one scale (and zero) row per weight row
-    scales = blocks.expand_blocks(scales, (block_n,), (0,))[:np_]
+    scales = blocks.expand_blocks(scales.astype(_F32), (block_n,), (0,))[:np_]
+    if global_scale is not None:
+        scales = scales * jnp.asarray(global_scale, _F32)
     zeros = None if zeros is None else blocks.expand_blocks(zeros, (block_n,), (0,))[:np_]
     kp = values.shape[1] * (2 if blocks.is_four_bit(element_dtype) else 1)
     config = config or register_lhs_config(element_dtype, out_dtype, block_k=block_k, kp=kp,

@@ -150,6 +150,13 @@ REGISTER_LHS = [  # (case, layout): per channel, grouped, with zeros, both layou
     (testing.CASES_BY_LABEL["uint4-g128"], "nk"), (testing.CASES_BY_LABEL["uint4-g128"], "mma"),
     (testing.CASES_BY_LABEL["fp8"], "nk"), (testing.CASES_BY_LABEL["fp8"], "mma"),
     (testing.CASES_BY_LABEL["fp8-b128x128"], "nk"),  # 128-row scale blocks, repeated per row
+    # several scale groups per K step (each group's 8-column register tiles scaled apart);
+    # e2m1 codes by integer ops; NVFP4's global scale folded into the scales
+    (testing.CASES_BY_LABEL["int4-g32"], "nk"), (testing.CASES_BY_LABEL["uint4-g32"], "mma"),
+    (testing.CASES_BY_LABEL["int4-g64"], "mma"),
+    (testing.CASES_BY_LABEL["mxfp8"], "nk"), (testing.CASES_BY_LABEL["mxfp8"], "mma"),
+    (testing.CASES_BY_LABEL["mxfp4"], "nk"), (testing.CASES_BY_LABEL["mxfp4"], "mma"),
+    (testing.CASES_BY_LABEL["nvfp4"], "nk"), (testing.CASES_BY_LABEL["nvfp4"], "mma"),
 ]
 
 
@@ -162,6 +169,10 @@ def _static(w, **kw):
                 layout=w["layout"], k=w["k"], n=w["n"], **kw)
 
 
+# Measured on a GPU and taken by impl="auto" at prefill; the others run when asked for.
+AUTO_LABELS = {"int8", "int8-zeros", "int8-g128", "int4-g128", "uint4-g128", "fp8", "fp8-b128x128"}
+
+
 @pytest.mark.parametrize("case,layout", REGISTER_LHS, ids=_register_lhs_id)
 def test_register_lhs_lowers_for_cuda_and_auto_takes_it_at_prefill(case, layout, monkeypatch):
     from pallas_kernels.weight_only import api
@@ -170,11 +181,12 @@ def test_register_lhs_lowers_for_cuda_and_auto_takes_it_at_prefill(case, layout,
     x = jax.ShapeDtypeStruct((600, 1024), jnp.bfloat16)  # M >= XLA_PREFILL_MIN_M: prefill
     for impl, out_dtype in (("mosaic", jnp.bfloat16), ("mosaic", jnp.float32), ("auto", None)):
         # A 16-bit y is stored transposed in the kernel; f32 takes XLA's transpose of y^T.
-        f = jax.jit(lambda x, v, s, z: api.weight_only_matmul(
-            x, v, s, z, impl=impl, **_static(w, out_dtype=out_dtype)))
-        text = f.trace(x, w["values"], w["scales"], w["zeros"]).lower(
+        f = jax.jit(lambda x, v, s, z, g: api.weight_only_matmul(
+            x, v, s, z, g, impl=impl, **_static(w, out_dtype=out_dtype)))
+        text = f.trace(x, w["values"], w["scales"], w["zeros"], w["global_scale"]).lower(
             lowering_platforms=("cuda",)).as_text()
-        assert "mosaic_gpu" in text, impl
+        taken = impl == "mosaic" or case.label in AUTO_LABELS
+        assert ("mosaic_gpu" in text) == taken, impl
 
 
 def test_register_lhs_lowers_e4m3_with_f16_x_and_one_scale(monkeypatch):
@@ -191,6 +203,21 @@ def test_register_lhs_lowers_e4m3_with_f16_x_and_one_scale(monkeypatch):
         f = jax.jit(lambda x, v_, s: api.weight_only_matmul(x, v_, s, **_static(v)))
         text = f.trace(x, v["values"], v["scales"]).lower(lowering_platforms=("cuda",)).as_text()
         assert "mosaic_gpu" in text
+
+
+@pytest.mark.parametrize("edt", [jnp.int4, jnp.uint4, jnp.float4_e2m1fn], ids=str)
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32], ids=str)
+def test_register_lhs_decodes_every_4bit_code(edt, dtype):
+    """The kernel's in-register upcast is plain jnp, so it runs here on a host array: all 16
+    codes (held as int4, like the kernel's tile) against the contract's decode (uint4 as
+    u - 8: its zeros carry the 8)."""
+    from pallas_kernels.scaled_gemm.mosaic_kernel import _decode
+    codes = jnp.arange(16, dtype=jnp.uint8)
+    held = jax.lax.bitcast_convert_type(blocks.pack_nibbles(codes, 0), jnp.int4).reshape(16)
+    got = np.asarray(_decode(held, edt, dtype).astype(jnp.float32))
+    want = np.asarray(blocks.codes_to_float(codes, edt)) - (8 if edt == jnp.uint4 else 0)
+    np.testing.assert_array_equal(got, want)
+    assert np.array_equal(np.signbit(got), np.signbit(want))  # e2m1's -0 included
 
 
 def test_register_lhs_reasons(monkeypatch):
@@ -215,13 +242,13 @@ def test_register_lhs_reasons(monkeypatch):
                                config=mosaic_kernel.REGISTER_LHS_TILES, **_static(kn))
     kw = dict(x_dtype=jnp.bfloat16, layout="nk", kp=1024, np_=256)
     assert "whole 128-deep steps" in mosaic_kernel.register_lhs_reason(
-        element_dtype=jnp.int4, block_k=64, **kw)
+        element_dtype=jnp.int4, block_k=8, **kw)  # 16 groups per step
     assert "codes stored" in mosaic_kernel.register_lhs_reason(
-        element_dtype=jnp.float4_e2m1fn, block_k=1024, **kw)
-    assert "global scale" in mosaic_kernel.register_lhs_reason(
-        element_dtype=jnp.int8, block_k=1024, has_global_scale=True, **kw)
-    assert mosaic_kernel.register_lhs_reason(element_dtype=jnp.uint4, block_k=128,
-                                             has_zeros=True, **kw) is None
+        element_dtype=jnp.float4_e2m1fn, block_k=32, **dict(kw, layout="kn"))
+    for edt, bk in ((jnp.uint4, 128), (jnp.int4, 64), (jnp.float4_e2m1fn, 16),
+                    (jnp.float8_e4m3fn, 32)):
+        assert mosaic_kernel.register_lhs_reason(element_dtype=edt, block_k=bk,
+                                                 has_zeros=edt == jnp.uint4, **kw) is None
 
 
 @pytest.mark.gpu
@@ -231,12 +258,12 @@ def test_register_lhs_matches_reference_gpu(case, layout, m, k, n):
     from pallas_kernels.weight_only import api
     w = testing.random_weight(jax.random.key(m), case, k, n, layout=layout)
     x = jax.random.normal(jax.random.key(m + 1), (m, k), jnp.float32).astype(jnp.bfloat16)
-    args = (w["values"], w["scales"], w["zeros"])
+    args = (w["values"], w["scales"], w["zeros"], w["global_scale"])
     ref = np.asarray(weight_only_matmul_reference(x, *args, out_dtype=jnp.float32, **_static(w)))
     rel, abs_ = testing.tolerance(x, w, jnp.float32)
-    for impl in ("mosaic", "auto"):
-        f = jax.jit(lambda x, v, s, z: api.weight_only_matmul(x, v, s, z, impl=impl,
-                                                              out_dtype=jnp.float32, **_static(w)))
+    for impl in ("mosaic", "auto") if case.label in AUTO_LABELS else ("mosaic",):
+        f = jax.jit(lambda x, v, s, z, g: api.weight_only_matmul(
+            x, v, s, z, g, impl=impl, out_dtype=jnp.float32, **_static(w)))
         assert "mosaic_gpu" in f.lower(x, *args).as_text(), impl
         out = np.asarray(f(x, *args))
         if case.block_k is None and not case.zeros:
