@@ -220,6 +220,21 @@ def test_register_lhs_decodes_every_4bit_code(edt, dtype):
     assert np.array_equal(np.signbit(got), np.signbit(want))  # e2m1's -0 included
 
 
+@pytest.mark.parametrize("edt,block_k", [(jnp.int4, 32), (jnp.int4, 64), (jnp.uint4, 32),
+                                         (jnp.float4_e2m1fn, 16), (jnp.float4_e2m1fn, 32),
+                                         (jnp.float8_e4m3fn, 32)], ids=str)
+def test_register_lhs_scale_groups_are_column_slices_of_a_step(edt, block_k):
+    """With groups shorter than a K step the kernel scales columns [g*cols, (g+1)*cols) of
+    the step's register tile by group g of the step: "mma" storage reorders the fields of
+    each 32-bit word, so every slice must still hold the K offsets of exactly one group."""
+    from pallas_kernels.weight_only import mosaic_kernel
+    tk = mosaic_kernel.register_lhs_config(edt, jnp.bfloat16, block_k=block_k, kp=4096).tile_k
+    assert mosaic_kernel.takes_register_lhs(edt, block_k, "mma", 4096) and tk > block_k
+    order = blocks.stored_k_order(edt, "mma", tk)
+    for g in range(tk // block_k):
+        assert set(order[g * block_k:(g + 1) * block_k] // block_k) == {g}
+
+
 def test_register_lhs_reasons(monkeypatch):
     from pallas_kernels.weight_only import api, mosaic_kernel
     w = testing.random_weight(jax.random.key(0), testing.CASES_BY_LABEL["uint4-g128"], 256, 256,
