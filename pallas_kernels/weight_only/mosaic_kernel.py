@@ -343,8 +343,13 @@ def takes_register_lhs(element_dtype, block_k: int, layout: str, kp: int) -> boo
     XLA first)."""
     tk = _tiles(element_dtype).tile_k
     return (jnp.dtype(element_dtype) in REGISTER_LHS_CODES and layout in REGISTER_LHS_LAYOUTS
-            and (block_k >= kp or block_k % tk == 0
+            and (_whole_steps(element_dtype, block_k, kp)
                  or (tk % block_k == 0 and block_k % 8 == 0 and tk // block_k <= 8)))
+
+
+def _whole_steps(element_dtype, block_k: int, kp: int) -> bool:
+    """Whether each scale group spans all of K or whole K steps of the kernel's tiles."""
+    return block_k >= kp or block_k % _tiles(element_dtype).tile_k == 0
 
 
 def auto_takes_register_lhs(element_dtype, block_k: int, layout: str, kp: int, m: int) -> bool:
@@ -355,8 +360,7 @@ def auto_takes_register_lhs(element_dtype, block_k: int, layout: str, kp: int, m
     run when asked for (`impl="mosaic"`) and stay on the route here until a GPU has checked
     and timed them (session 13 had no device time left: lowered on CPU only)."""
     edt = jnp.dtype(element_dtype)
-    whole_steps = block_k >= kp or block_k % _tiles(edt).tile_k == 0
-    return (takes_register_lhs(edt, block_k, layout, kp) and whole_steps
+    return (takes_register_lhs(edt, block_k, layout, kp) and _whole_steps(edt, block_k, kp)
             and edt != jnp.float4_e2m1fn
             and (m <= REGISTER_LHS_MAX_M_4BIT or not blocks.is_four_bit(edt)))
 
@@ -414,7 +418,7 @@ def weight_only_matmul_register_lhs(x, values, scales, zeros=None, global_scale=
     # after the kernel); Mosaic GPU stores only 16-bit outputs that way.
     transpose = jnp.dtype(out_dtype).itemsize == 2
     y = scaled_mosaic.scaled_matmul_mosaic(
-        values, xp, scales.astype(_F32).T, jnp.ones((1, mp), _F32),
+        values, xp, scales.T, jnp.ones((1, mp), _F32),
         None if zeros is None else zeros.astype(_F32).T, out_dtype=out_dtype, config=config,
         a_codes=jnp.dtype(element_dtype), a_layout=layout, transpose_out=transpose)
     return (y if transpose else y.T)[:m, :n]
