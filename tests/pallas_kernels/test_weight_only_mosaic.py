@@ -266,22 +266,61 @@ def test_register_lhs_reasons(monkeypatch):
                                                  has_zeros=edt == jnp.uint4, **kw) is None
 
 
+def _split_config(w):
+    from pallas_kernels.weight_only import mosaic_kernel
+    kp = w["values"].shape[1] * (2 if blocks.is_four_bit(w["element_dtype"]) else 1)
+    return dataclasses.replace(mosaic_kernel.register_lhs_config(
+        w["element_dtype"], jnp.bfloat16, block_k=w["block_k"], kp=kp,
+        has_zeros=w["zeros"] is not None), split_upcast=True)
+
+
+# Each K step upcast in two halves (the second while the first half's wgmma runs).
+SPLIT = [(c, layout) for c, layout in REGISTER_LHS
+         if c.label in ("int8", "fp8", "int4-g128", "uint4-g128", "mxfp4", "nvfp4")]
+
+
+@pytest.mark.parametrize("case,layout", SPLIT, ids=_register_lhs_id)
+def test_register_lhs_split_upcast_lowers_for_cuda(case, layout, monkeypatch):
+    from pallas_kernels.weight_only import api
+    monkeypatch.setattr(api, "_on_gpu", lambda: True)
+    w = testing.random_weight(jax.random.key(0), case, 1024, 384, layout=layout)
+    x = jax.ShapeDtypeStruct((600, 1024), jnp.bfloat16)
+    f = jax.jit(lambda x, v, s, z, g: api.weight_only_matmul(
+        x, v, s, z, g, impl="mosaic", config=_split_config(w), **_static(w)))
+    text = f.trace(x, w["values"], w["scales"], w["zeros"], w["global_scale"]).lower(
+        lowering_platforms=("cuda",)).as_text()
+    assert "mosaic_gpu" in text
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case,layout", SPLIT, ids=_register_lhs_id)
+def test_register_lhs_split_upcast_matches_reference_gpu(case, layout):
+    w = testing.random_weight(jax.random.key(3), case, 4096, 1024, layout=layout)
+    _check_register_lhs(w, 1000, ("mosaic",), config=_split_config(w))
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("case,layout", REGISTER_LHS, ids=_register_lhs_id)
 @pytest.mark.parametrize("m,k,n", [(1000, 4096, 1024), (600, 1024, 14336), (2048, 14336, 4096)])
 def test_register_lhs_matches_reference_gpu(case, layout, m, k, n):
-    from pallas_kernels.weight_only import api
     w = testing.random_weight(jax.random.key(m), case, k, n, layout=layout)
-    x = jax.random.normal(jax.random.key(m + 1), (m, k), jnp.float32).astype(jnp.bfloat16)
+    _check_register_lhs(w, m, ("mosaic", "auto") if case.label in AUTO_LABELS else ("mosaic",))
+
+
+def _check_register_lhs(w, m, impls, config=None):
+    from pallas_kernels.weight_only import api
+    x = jax.random.normal(jax.random.key(m + 1), (m, w["k"]), jnp.float32).astype(jnp.bfloat16)
     args = (w["values"], w["scales"], w["zeros"], w["global_scale"])
     ref = np.asarray(weight_only_matmul_reference(x, *args, out_dtype=jnp.float32, **_static(w)))
     rel, abs_ = testing.tolerance(x, w, jnp.float32)
-    for impl in ("mosaic", "auto") if case.label in AUTO_LABELS else ("mosaic",):
+    exact = w["block_k"] >= w["k"] and w["zeros"] is None  # per channel, no zeros
+    for impl in impls:
         f = jax.jit(lambda x, v, s, z, g: api.weight_only_matmul(
-            x, v, s, z, g, impl=impl, out_dtype=jnp.float32, **_static(w)))
+            x, v, s, z, g, impl=impl, out_dtype=jnp.float32,
+            config=config if impl == "mosaic" else None, **_static(w)))
         assert "mosaic_gpu" in f.lower(x, *args).as_text(), impl
         out = np.asarray(f(x, *args))
-        if case.block_k is None and not case.zeros:
+        if exact:
             # int8 codes are exact in bf16 and the scale is applied in f32: summation order.
             assert np.linalg.norm(out - ref) / np.linalg.norm(ref) <= 1e-5, impl
         else:  # each dequantized weight is rounded to bf16 before the wgmma
