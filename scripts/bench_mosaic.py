@@ -2,7 +2,7 @@
 
     python -m scripts.bench_mosaic [--shapes 8192x28672,4096x14336] [--ms 1024,4096]
         [--kernels jax-mixed,kn,rlhs] [--formats int8,int4-g128] [--layouts mma,nk]
-        [--sweep] [--out DIR]
+        [--sweep] [--split] [--out DIR]
 
 For each (M, K, N): XLA's bf16 `x @ w`; per format, the `impl="auto"` prefill route
 (dequantized weight written out, then XLA's GEMM: "xla-dequant") and
@@ -58,10 +58,15 @@ def _kn_configs():
             tile_m=tm, tile_n=tn, tile_k=tk, max_concurrent_steps=steps)
 
 
-def _rlhs_configs(element_dtype, sweep: bool):
+def _rlhs_configs(element_dtype, sweep: bool, split: bool = False, **tiles_for):
     """(name, config) candidates of the register-operand kernel (None: its default). tile_m:
-    weight rows per compute warpgroup; tile_n: rows of x."""
+    weight rows per compute warpgroup; tile_n: rows of x. split: the default tiles with
+    each K step upcast in two halves as well (`tiles_for`: `register_lhs_config`'s facts)."""
     yield "default", None
+    if split:
+        yield "split", dataclasses.replace(
+            mosaic_kernel.register_lhs_config(element_dtype, jnp.bfloat16, **tiles_for),
+            split_upcast=True)
     if not sweep:
         return
     tk = 128 if blocks.is_four_bit(element_dtype) else 64
@@ -122,7 +127,11 @@ def bench(args) -> list[dict]:
             if "kn" in args.kernels:
                 configs, kernel = _kn_configs(), "kn"
             elif "rlhs" in args.kernels:
-                configs, kernel = _rlhs_configs(case.element_dtype, args.sweep), "rlhs"
+                kp = ws[0]["values"].shape[1] * (2 if blocks.is_four_bit(case.element_dtype) else 1)
+                configs = _rlhs_configs(case.element_dtype, args.sweep, args.split,
+                                        block_k=st["block_k"], kp=kp,
+                                        has_zeros=ws[0]["zeros"] is not None)
+                kernel = "rlhs"
             else:
                 continue
             ref = weight_only_matmul_reference(x, *_arrays(ws[0]), **st)
@@ -172,6 +181,7 @@ def main(argv=None):
     p.add_argument("--formats", default="int8,int4-g128,uint4-g128")
     p.add_argument("--layouts", default="mma", help="weight layouts of rlhs (kn: 'kn')")
     p.add_argument("--sweep", action="store_true", help="rlhs: every candidate tile, not the default")
+    p.add_argument("--split", action="store_true", help="rlhs: also the default tiles with split_upcast")
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     a = p.parse_args(argv if argv is not None else sys.argv[1:])
     a.shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]

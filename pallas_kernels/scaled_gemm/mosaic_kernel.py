@@ -17,7 +17,7 @@ held as int8 / jnp.int4 (the 4-bit ones) / float8_e4m3fn)
     (Mosaic GPU's int8 and CUTLASS-style int4 -> bf16 conversions; uint4 codes u as the
     int4 u ^ 8 = u - 8, the 8 carried by the zeros; e4m3 by Hopper's e4m3x2 -> f16x2
     `cvt`, then to bf16 through f32, exact both ways; e2m1, which Hopper cannot convert,
-    by integer ops into f16 bits, `_decode`) and issues wgmma with it as the register
+    by integer ops into bf16 bits, `_decode`) and issues wgmma with it as the register
     operand, as JAX's `hopper_mixed_type_matmul_mgpu` does. Scales: once in the epilogue
     (S == 1, no zeros), or per K step on the upcast tile, (code - za) * sa, for S groups
     of whole steps, 2-8 groups per step (MX's 32 and NVFP4's 16 columns: each group's
@@ -57,7 +57,11 @@ the epilogue mode of the 8-bit product, which is how CI tests it; jax 0.11.2's i
 can neither store into a WGMMA accumulator (promotion) nor take a register operand (mixed),
 so CI lowers those natively for CUDA and the GPU tests run them. Not kept: holding a slot
 one step longer to overlap a warpgroup's next upcast with its wgmma (BlockSpec
-delay_release=1 with wgmma_wait(1)) gave NaN outputs on an H100 (session 10).
+delay_release=1 with wgmma_wait(1)) gave NaN outputs on an H100 (session 10): the next
+step's upcast rewrites the registers of a wgmma still in flight (the same PTX registers
+each loop trip; triton-lang/triton#9433 is that hazard). `split_upcast` overlaps within a
+step instead: two halves, two register tiles, the second upcast while the first half's
+wgmma runs, one wait per step (session 13: lowered on CPU, not yet run on a GPU).
 """
 
 from __future__ import annotations
@@ -89,7 +93,9 @@ class MosaicGemmConfig:
     """tile_m x tile_n: one compute warpgroup's output tile (the CTA's is twice that along
     `wg_dim`); tile_k: K per pipeline step (= the promotion group); max_concurrent_steps:
     pipeline depth; grid_minor_dim / grid_tile_width: the planar snake over output tiles;
-    epi_tile_m x epi_tile_n: the pieces the output is stored in."""
+    epi_tile_m x epi_tile_n: the pieces the output is stored in. split_upcast (the mixed
+    product, epilogue scales or per-step scaling): each K step upcast and multiplied in two
+    halves, two register tiles in flight (`_split_upcast` in the kernel)."""
     tile_m: int = 128
     tile_n: int = 128
     tile_k: int = 128
@@ -99,6 +105,7 @@ class MosaicGemmConfig:
     grid_tile_width: int = 8
     epi_tile_m: int = 64
     epi_tile_n: int = 64
+    split_upcast: bool = False
 
     def __post_init__(self):
         if self.tile_m % 64 or not 64 <= self.tile_m <= 256:
@@ -195,6 +202,11 @@ def unsupported_reason(*, element_dtype, kp: int, np_: int, groups: int,
     if code_bits(edt) == 4 and (jnp.dtype(b_dtype) != jnp.bfloat16 or c.tile_k < 64):
         return (f"4-bit codes take bf16 b (the native int4 -> bf16 upcast) and tile_k >= 64 "
                 f"(32-byte rows); got {jnp.dtype(b_dtype)}, tile_k={c.tile_k}")
+    if c.split_upcast and not mixed:
+        return "split_upcast is for the mixed product (a register operand)"
+    if c.split_upcast and c.tile_k // 2 * code_bits(edt) % 128:
+        return (f"split_upcast slices each step's code rows in two whole 16-byte pieces: "
+                f"tile_k={c.tile_k} {edt} codes")
     zeros = carries_zeros(edt, has_zeros)
     need = smem_bytes(config, edt, jnp.dtype(out_dtype).itemsize, b_dtype,
                       promote=groups > 1 or zeros, zeros=zeros)
@@ -234,18 +246,26 @@ def _planar_snake(lin, m_iters: int, n_iters: int, minor: str, width: int):
     return plgpu.planar_snake(lin, (m_iters, n_iters), dim, width)
 
 
+E2M1_BITS_SCALE = 2.0**126  # what `_e2m1_bits` read as bf16 are multiplied by
+
+
+def _e2m1_bits(codes: jax.Array) -> jax.Array:
+    """e2m1 codes held as int4 -> int16 bf16 bits that read value * 2**-126: the nibble
+    s|em, sign-extended to 16 bits, becomes s << 15 | em << 6 (0.5, em = 1, a subnormal)."""
+    c = codes.astype(jnp.int8).astype(jnp.int16)
+    return ((c & 7) << 6) | (c & jnp.int16(-0x8000))
+
+
 def _decode(codes: jax.Array, code_dtype, dtype) -> jax.Array:
     """A register tile of codes (int8, e4m3, or 4-bit codes held as int4) -> `dtype` values.
     uint4 codes u become u - 8 (the sign bit flipped, read as int4: the native int4 -> bf16
     upcast); the caller's zeros carry the 8. e4m3 goes through f16, the one 16-bit type
     Hopper converts it to (every e4m3 value is exact in f16 and in bf16). e2m1 (no upcast
-    on Hopper) by integer ops: the nibble s|em, sign-extended to 16 bits, becomes the f16
-    bits s << 15 | em << 9, which read value * 2**-14 (0.5, em = 1, as a subnormal), then
-    one exact f16 multiply by 2**14. Pure jnp: the same function runs outside a kernel."""
+    on Hopper) by integer ops (`_e2m1_bits`), then one exact bf16 multiply by 2**126, no
+    conversion on the way to a bf16 operand. Pure jnp: the same function runs outside a
+    kernel, except that XLA on CPU flushes e2m1's 0.5 (a bf16 subnormal) to zero."""
     if jnp.dtype(code_dtype) == jnp.float4_e2m1fn:
-        c = codes.astype(jnp.int8).astype(jnp.int16)
-        bits = ((c & 7) << 9) | (c & jnp.int16(-0x8000))
-        v = lax.bitcast_convert_type(bits, jnp.float16) * jnp.float16(2.0**14)
+        v = lax.bitcast_convert_type(_e2m1_bits(codes), jnp.bfloat16) * jnp.bfloat16(E2M1_BITS_SCALE)
         return v.astype(dtype)
     if jnp.dtype(code_dtype) == jnp.uint4:
         codes = codes ^ jnp.asarray(-8, jnp.int4)
@@ -332,7 +352,8 @@ def scaled_matmul_mosaic(a, b, sa, sb, za=None, *, out_dtype=jnp.bfloat16,
         num_ctas = 2 if interpret else getattr(jax.devices()[0], "core_count", _NUM_SMS)
     num_ctas = max(1, min(num_ctas, m_iters * n_iters))
     tr_a = smem_transforms(c.tile_k, a.dtype, "lhs")
-    tr_b = smem_transforms(c.tile_k, b.dtype, "rhs")
+    # split_upcast: b swizzled by its half steps, so that each half is whole swizzle tiles.
+    tr_b = smem_transforms(c.tile_k // (2 if c.split_upcast else 1), b.dtype, "rhs")
     epi_shape = (c.epi_tile_n, c.epi_tile_m) if transpose_out else (c.epi_tile_m, c.epi_tile_n)
     tr_o = smem_transforms(epi_shape[1], out_dtype, "out")
     n_epi = (c.tile_m // c.epi_tile_m) * (c.tile_n // c.epi_tile_n)
@@ -404,20 +425,37 @@ def scaled_matmul_mosaic(a, b, sa, sb, za=None, *, out_dtype=jnp.bfloat16,
                         plgpu.wgmma(acc_ref, a_smem.at[wg_m_sl],
                                     b_smem.at[wg_n_sl].transpose((1, 0)))
                         return
-                    # The decoded tile is wgmma's register operand.
-                    w = _decode(a_rows(a_smem)[...], codes, math_dtype)
-                    if prescale:
-                        # Each scale group's columns (whole 8-column register tiles).
-                        cols = c.tile_k // groups_per_step
-                        parts = []
-                        for g in range(groups_per_step):
-                            p = w if groups_per_step == 1 else w[:, g * cols:(g + 1) * cols]
-                            if has_zeros:
-                                p = p - s_rows[1][g, wg_m_sl][:, None]
-                            parts.append(p * s_rows[0][g, wg_m_sl].astype(math_dtype)[:, None])
-                        w = parts[0] if groups_per_step == 1 else jnp.concatenate(parts, axis=1)
-                        w = w.astype(b.dtype)
-                    plgpu.wgmma(acc_ref, w, b_smem.at[wg_n_sl].transpose((1, 0)))
+                    # The decoded tile is wgmma's register operand. split_upcast: two halves,
+                    # the second upcast while the first half's wgmma runs.
+                    codes_tile, b_rows = a_rows(a_smem)[...], b_smem.at[wg_n_sl]
+                    width = c.tile_k // 2 if c.split_upcast else c.tile_k
+                    for col0 in range(0, c.tile_k, width):
+                        part = codes_tile
+                        b_part = b_rows
+                        if width < c.tile_k:
+                            part = codes_tile[:, col0:col0 + width]
+                            b_part = b_rows.at[:, pl.ds(col0, width)]
+                        w = _upcast(part, col0, s_rows)
+                        plgpu.wgmma(acc_ref, w, b_part.transpose((1, 0)))
+
+                def _upcast(codes_part, col0, s_rows):
+                    """Codes of the step's columns [col0, col0 + width) -> the register operand:
+                    decoded, then each scale group's columns (whole 8-column register tiles)
+                    scaled, (code - z) * s."""
+                    w = _decode(codes_part, codes, math_dtype)
+                    if not prescale:
+                        return w
+                    width = w.shape[1]
+                    cols = c.tile_k // groups_per_step  # columns per scale group
+                    parts = []
+                    for j0 in range(0, width, min(cols, width)):
+                        g = (col0 + j0) // cols
+                        p = w if cols >= width else w[:, j0:j0 + cols]
+                        if has_zeros:
+                            p = p - s_rows[1][g, wg_m_sl][:, None]
+                        parts.append(p * s_rows[0][g, wg_m_sl].astype(math_dtype)[:, None])
+                    w = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
+                    return w.astype(b.dtype)
 
                 def epilogue(y):
                     plgpu.wait_smem_to_gmem(0, wait_read_only=True)

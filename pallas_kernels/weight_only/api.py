@@ -17,11 +17,11 @@ block scales [+ zeros] [+ global scale]) and only x is a float array. Implementa
               memory; runs in GPU interpret mode on CPU; explicit only (0.65x XLA's bf16 dot
               for int8 and 0.36x for int4-g128 at M=1024 on H200, below the XLA route).
     "auto"    on GPU: M >= XLA_PREFILL_MIN_M (prefill) -> the weights the register-operand
-              kernel was measured on (`mosaic_kernel.auto_takes_register_lhs`: the w8a16,
-              w8a16-fp8, w4a16 and w4a16-uint4 recipes, fp8 128x128 blocks; 4-bit up to
-              `mosaic_kernel.REGISTER_LHS_MAX_M_4BIT`): that kernel
-              (0.83-0.96x XLA's bf16 dot for int8, fp8 and int4-g128 at M=1024 on H100,
-              against 0.59-0.67x for the route);
+              kernel takes (`mosaic_kernel.auto_takes_register_lhs`: int8, fp8 per channel
+              and 128x128 blocks, int4/uint4 g32-g128, mxfp8, mxfp4, nvfp4; 4-bit up to
+              `mosaic_kernel.REGISTER_LHS_MAX_M_4BIT`): that kernel (at M=1024 on H100:
+              0.83-0.99x XLA's bf16 dot for int8, fp8, int4 g32-g128 and mxfp8, 0.70-0.80x
+              for uint4, mxfp4 and nvfp4, against 0.57-0.72x for the route);
               other weights: dequantized to x's dtype in one pass, then XLA's GEMM
               (`weight_only_matmul_reference(..., convert=True, materialize=True)`; the
               measurements behind it are at `config.XLA_PREFILL_MIN_M`);

@@ -305,6 +305,10 @@ REGISTER_LHS_TILES = scaled_mosaic.MosaicGemmConfig(
 # 0.65x for the route; 128 rows of x, 4 stages: 0.65x / 0.59x with the scaling in f32).
 REGISTER_LHS_TILES_4BIT = dataclasses.replace(REGISTER_LHS_TILES, tile_k=128,
                                               max_concurrent_steps=2)
+# e2m1 codes (mxfp4, nvfp4): each step upcast in two halves, the second while the first
+# half's wgmma runs (`split_upcast`): 0.7-1.8% faster at M=1024 on the three shapes (H100,
+# session 14); int4/uint4 0-1.5%, int8/e4m3 3-10% slower (session 14's first run).
+REGISTER_LHS_TILES_E2M1 = dataclasses.replace(REGISTER_LHS_TILES_4BIT, split_upcast=True)
 # Above this M, `impl="auto"` sends 4-bit weights to the dequantize-then-XLA route: at M=4096
 # that route won on 3 of 6 (shape, 4-bit format) pairs, at M=1024 on none (H100, session 10).
 REGISTER_LHS_MAX_M_4BIT = 2048
@@ -314,6 +318,8 @@ REGISTER_LHS_LAYOUTS = ("nk", "mma")
 
 
 def _tiles(element_dtype) -> scaled_mosaic.MosaicGemmConfig:
+    if jnp.dtype(element_dtype) == jnp.float4_e2m1fn:
+        return REGISTER_LHS_TILES_E2M1
     return REGISTER_LHS_TILES_4BIT if blocks.is_four_bit(element_dtype) else REGISTER_LHS_TILES
 
 
@@ -353,15 +359,12 @@ def _whole_steps(element_dtype, block_k: int, kp: int) -> bool:
 
 
 def auto_takes_register_lhs(element_dtype, block_k: int, layout: str, kp: int, m: int) -> bool:
-    """Whether `impl="auto"` sends this prefill to the register-operand kernel: the weights
-    it was measured faster than the XLA route on (H100, BENCHMARKS.md sessions 10-12):
-    int8/int4/uint4/e4m3 codes with scales over K or over whole K steps, 4-bit codes up to
-    `REGISTER_LHS_MAX_M_4BIT` rows of x. Shorter groups (MX, NVFP4, g32/g64) and e2m1 codes
-    run when asked for (`impl="mosaic"`) and stay on the route here until a GPU has checked
-    and timed them (session 13 had no device time left: lowered on CPU only)."""
+    """Whether `impl="auto"` sends this prefill to the register-operand kernel: every weight
+    it takes, 4-bit codes up to `REGISTER_LHS_MAX_M_4BIT` rows of x. Measured faster than
+    the XLA route on H100 at M=1024 and 2048 for every format it takes (BENCHMARKS.md
+    sessions 10-14; MX, NVFP4 and g32/g64 from session 14), 8-bit codes at M=4096 too."""
     edt = jnp.dtype(element_dtype)
-    return (takes_register_lhs(edt, block_k, layout, kp) and _whole_steps(edt, block_k, kp)
-            and edt != jnp.float4_e2m1fn
+    return (takes_register_lhs(edt, block_k, layout, kp)
             and (m <= REGISTER_LHS_MAX_M_4BIT or not blocks.is_four_bit(edt)))
 
 
