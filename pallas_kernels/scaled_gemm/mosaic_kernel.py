@@ -61,7 +61,8 @@ delay_release=1 with wgmma_wait(1)) gave NaN outputs on an H100 (session 10): th
 step's upcast rewrites the registers of a wgmma still in flight (the same PTX registers
 each loop trip; triton-lang/triton#9433 is that hazard). `split_upcast` overlaps within a
 step instead: two halves, two register tiles, the second upcast while the first half's
-wgmma runs, one wait per step (session 13: lowered on CPU, not yet run on a GPU).
+wgmma runs, one wait per step (session 14, H100: correct; 1-2% faster for e2m1 codes,
+about even for int4/uint4, 3-10% slower for 8-bit codes).
 """
 
 from __future__ import annotations

@@ -307,10 +307,11 @@ REGISTER_LHS_TILES_4BIT = dataclasses.replace(REGISTER_LHS_TILES, tile_k=128,
                                               max_concurrent_steps=2)
 # e2m1 codes (mxfp4, nvfp4): each step upcast in two halves, the second while the first
 # half's wgmma runs (`split_upcast`): 0.7-1.8% faster at M=1024 on the three shapes (H100,
-# session 14); int4/uint4 0-1.5%, int8/e4m3 3-10% slower (session 14's first run).
+# session 14); int4/uint4 -0.3% to +1.8% (not taken), int8/e4m3 3-10% slower.
 REGISTER_LHS_TILES_E2M1 = dataclasses.replace(REGISTER_LHS_TILES_4BIT, split_upcast=True)
 # Above this M, `impl="auto"` sends 4-bit weights to the dequantize-then-XLA route: at M=4096
-# that route won on 3 of 6 (shape, 4-bit format) pairs, at M=1024 on none (H100, session 10).
+# that route won on 3 of 6 (shape, 4-bit format) pairs, at M=1024 on none (H100, session 10);
+# mxfp4 / nvfp4 at M=4096 on all 3 shapes, int4-g32 on none of 1 (session 14).
 REGISTER_LHS_MAX_M_4BIT = 2048
 REGISTER_LHS_CODES = scaled_mosaic.MIXED_CODES
 RegisterLhsConfig = scaled_mosaic.MosaicGemmConfig  # what impl="mosaic" takes as `config`
