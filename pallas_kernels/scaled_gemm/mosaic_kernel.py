@@ -96,7 +96,7 @@ class MosaicGemmConfig:
     pipeline depth; grid_minor_dim / grid_tile_width: the planar snake over output tiles;
     epi_tile_m x epi_tile_n: the pieces the output is stored in. split_upcast (the mixed
     product, epilogue scales or per-step scaling): each K step upcast and multiplied in two
-    halves, two register tiles in flight (`_split_upcast` in the kernel)."""
+    halves, two register tiles in flight (the kernel's `partial_product`)."""
     tile_m: int = 128
     tile_n: int = 128
     tile_k: int = 128
@@ -266,7 +266,8 @@ def _decode(codes: jax.Array, code_dtype, dtype) -> jax.Array:
     conversion on the way to a bf16 operand. Pure jnp: the same function runs outside a
     kernel, except that XLA on CPU flushes e2m1's 0.5 (a bf16 subnormal) to zero."""
     if jnp.dtype(code_dtype) == jnp.float4_e2m1fn:
-        v = lax.bitcast_convert_type(_e2m1_bits(codes), jnp.bfloat16) * jnp.bfloat16(E2M1_BITS_SCALE)
+        v = lax.bitcast_convert_type(_e2m1_bits(codes), jnp.bfloat16)
+        v = v * jnp.bfloat16(E2M1_BITS_SCALE)
         return v.astype(dtype)
     if jnp.dtype(code_dtype) == jnp.uint4:
         codes = codes ^ jnp.asarray(-8, jnp.int4)

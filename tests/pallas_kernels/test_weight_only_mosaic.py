@@ -288,9 +288,10 @@ def _split_config(w, out_dtype=jnp.bfloat16):
         has_zeros=w["zeros"] is not None), split_upcast=True)
 
 
-# Each K step upcast in two halves (the second while the first half's wgmma runs).
+# Each K step upcast in two halves (the second while the first half's wgmma runs): asked for
+# here; e2m1 codes (mxfp4, nvfp4) take it by default, so REGISTER_LHS covers them.
 SPLIT = [(c, layout) for c, layout in REGISTER_LHS
-         if c.label in ("int8", "fp8", "int4-g128", "uint4-g128", "mxfp4", "nvfp4")]
+         if c.label in ("int8", "fp8", "int4-g128", "uint4-g128")]
 
 
 @pytest.mark.parametrize("case,layout", SPLIT, ids=_register_lhs_id)
