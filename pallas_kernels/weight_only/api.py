@@ -20,7 +20,7 @@ block scales [+ zeros] [+ global scale]) and only x is a float array. Implementa
               kernel takes (`mosaic_kernel.auto_takes_register_lhs`: int8, fp8 per channel
               and 128x128 blocks, int4/uint4 g32-g128, mxfp8, mxfp4, nvfp4; 4-bit up to
               `mosaic_kernel.REGISTER_LHS_MAX_M_4BIT`): that kernel (at M=1024 on H100:
-              0.83-0.99x XLA's bf16 dot for int8, fp8, int4 g32-g128 and mxfp8, 0.70-0.80x
+              0.81-0.99x XLA's bf16 dot for int8, fp8, int4 g32-g128 and mxfp8, 0.69-0.80x
               for uint4, mxfp4 and nvfp4, against 0.57-0.72x for the route);
               other weights: dequantized to x's dtype in one pass, then XLA's GEMM
               (`weight_only_matmul_reference(..., convert=True, materialize=True)`; the
