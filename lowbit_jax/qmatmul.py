@@ -24,10 +24,11 @@ impl
               scaled GEMM (W8A8, fp8 / int8 blocks).
     "auto"    the fastest path that can run, logging its reason once when that is not a
               kernel: on GPU, weight-only products with M >= 512 (prefill) go to the Mosaic
-              GPU register-operand kernel for the weights it was measured on (int8, e4m3,
-              int4, uint4 codes, scales over K or whole K steps), else to XLA (the weight
-              dequantized to x's dtype in one pass, then XLA's GEMM), and scaled products
-              to the Mosaic GPU GEMM where it runs, else Triton; otherwise the kernel, else "xla".
+              GPU register-operand kernel for the weights it takes (int8, e4m3, int4,
+              uint4, e2m1 codes; scales over K, whole K steps or 16-64 columns; 4-bit up to
+              M=2048), else to XLA (the weight dequantized to x's dtype in one pass, then
+              XLA's GEMM), and scaled products to the Mosaic GPU GEMM where it runs, else
+              Triton; otherwise the kernel, else "xla".
 `interpret=True` runs Pallas kernels in interpret mode (CPU).
 """
 

@@ -51,6 +51,12 @@ def is_four_bit(element_dtype) -> bool:
     return jnp.dtype(element_dtype) in FOUR_BIT
 
 
+def stored_kp(values, element_dtype, layout: str) -> int:
+    """Kp, the padded K of a stored weight: the K axis of `values` (0 for "kn", else 1),
+    two codes per byte for 4-bit elements."""
+    return values.shape[0 if layout == "kn" else 1] * (2 if is_four_bit(element_dtype) else 1)
+
+
 def storage_dtype(element_dtype) -> jnp.dtype:
     """dtype of the `values` array: uint8 for packed 4-bit elements, else the element."""
     return jnp.dtype(jnp.uint8) if is_four_bit(element_dtype) else jnp.dtype(element_dtype)

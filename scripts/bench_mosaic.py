@@ -63,10 +63,9 @@ def _rlhs_configs(element_dtype, sweep: bool, split: bool = False, **tiles_for):
     weight rows per compute warpgroup; tile_n: rows of x. split: the default tiles with
     each K step upcast in two halves as well (`tiles_for`: `register_lhs_config`'s facts)."""
     yield "default", None
-    if split:
-        yield "split", dataclasses.replace(
-            mosaic_kernel.register_lhs_config(element_dtype, jnp.bfloat16, **tiles_for),
-            split_upcast=True)
+    default = mosaic_kernel.register_lhs_config(element_dtype, jnp.bfloat16, **tiles_for)
+    if split and not default.split_upcast:  # e2m1 codes split by default
+        yield "split", dataclasses.replace(default, split_upcast=True)
     if not sweep:
         return
     tk = 128 if blocks.is_four_bit(element_dtype) else 64
@@ -127,7 +126,7 @@ def bench(args) -> list[dict]:
             if "kn" in args.kernels:
                 configs, kernel = _kn_configs(), "kn"
             elif "rlhs" in args.kernels:
-                kp = ws[0]["values"].shape[1] * (2 if blocks.is_four_bit(case.element_dtype) else 1)
+                kp = blocks.stored_kp(ws[0]["values"], case.element_dtype, ws[0]["layout"])
                 configs = _rlhs_configs(case.element_dtype, args.sweep, args.split,
                                         block_k=st["block_k"], kp=kp,
                                         has_zeros=ws[0]["zeros"] is not None)

@@ -119,7 +119,8 @@ def unsupported_reason(x_shape, x_dtype, *, element_dtype, scale_dtype, block_k:
     if impl == "mosaic":
         if isinstance(config, mosaic_kernel.RegisterLhsConfig):
             return (f"a RegisterLhsConfig is for the register-operand kernel, which takes "
-                    f"int8/int4/uint4/e4m3 weights stored 'nk' or 'mma'; this "
+                    f"{', '.join(map(str, mosaic_kernel.REGISTER_LHS_CODES))} weights stored 'nk' or "
+                    f"'mma'; this "
                     f"{jnp.dtype(element_dtype)} {layout!r} weight ({block_k=}) takes a MosaicConfig")
         why = mosaic_kernel.unsupported_reason(
             element_dtype=element_dtype, block_k=block_k, block_n=block_n, layout=layout, kp=kp,
@@ -260,7 +261,7 @@ def weight_only_matmul(x, values, scales, zeros=None, global_scale=None, *, elem
     if layout not in blocks.LAYOUTS:
         raise ValueError(f"{layout=} must be one of {blocks.LAYOUTS}")
     kdim = 0 if layout == "kn" else 1
-    kp = values.shape[kdim] * (2 if blocks.is_four_bit(element_dtype) else 1)
+    kp = blocks.stored_kp(values, element_dtype, layout)
     np_ = values.shape[1 - kdim]
     if values.dtype != blocks.storage_dtype(element_dtype):
         raise ValueError(f"values.dtype={values.dtype} must be {blocks.storage_dtype(element_dtype)} "

@@ -171,7 +171,7 @@ def weight_only_matmul_mosaic(x, values, scales, zeros=None, *, element_dtype, b
     four = blocks.is_four_bit(edt)
     out_dtype = jnp.dtype(out_dtype or x.dtype)
     m = x.shape[0]
-    kp = values.shape[0] * (2 if four else 1)
+    kp = blocks.stored_kp(values, edt, "kn")
     np_ = values.shape[1]
     if x.dtype not in (jnp.bfloat16, jnp.float16) or x.shape != (m, k):
         raise ValueError(f"x {x.shape} {x.dtype} must be (M, {k=}) bfloat16 or float16")
@@ -349,14 +349,9 @@ def takes_register_lhs(element_dtype, block_k: int, layout: str, kp: int) -> boo
     tiles (blocks of block_n > 1 output rows, e.g. fp8's 128x128, are repeated per row by
     XLA first)."""
     tk = _tiles(element_dtype).tile_k
+    whole_steps = block_k >= kp or block_k % tk == 0
     return (jnp.dtype(element_dtype) in REGISTER_LHS_CODES and layout in REGISTER_LHS_LAYOUTS
-            and (_whole_steps(element_dtype, block_k, kp)
-                 or (tk % block_k == 0 and block_k % 8 == 0 and tk // block_k <= 8)))
-
-
-def _whole_steps(element_dtype, block_k: int, kp: int) -> bool:
-    """Whether each scale group spans all of K or whole K steps of the kernel's tiles."""
-    return block_k >= kp or block_k % _tiles(element_dtype).tile_k == 0
+            and (whole_steps or (tk % block_k == 0 and block_k % 8 == 0 and tk // block_k <= 8)))
 
 
 def auto_takes_register_lhs(element_dtype, block_k: int, layout: str, kp: int, m: int) -> bool:
@@ -411,7 +406,7 @@ def weight_only_matmul_register_lhs(x, values, scales, zeros=None, global_scale=
     if global_scale is not None:
         scales = scales * jnp.asarray(global_scale, _F32)
     zeros = None if zeros is None else blocks.expand_blocks(zeros, (block_n,), (0,))[:np_]
-    kp = values.shape[1] * (2 if blocks.is_four_bit(element_dtype) else 1)
+    kp = blocks.stored_kp(values, element_dtype, layout)
     config = config or register_lhs_config(element_dtype, out_dtype, block_k=block_k, kp=kp,
                                            has_zeros=zeros is not None)
     if blocks.is_four_bit(element_dtype):  # the same bytes, two int4 codes each (low first)

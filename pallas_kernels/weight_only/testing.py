@@ -102,12 +102,11 @@ def stored_bytes(w: dict) -> int:
 def weight_spec(w: dict) -> WeightSpec:
     """The kernels' static description of a `random_weight` (padded sizes read off the arrays,
     as `api.weight_only_matmul` does)."""
-    kdim = 0 if w["layout"] == "kn" else 1
     values = w["values"]
     return WeightSpec(element_dtype=jnp.dtype(w["element_dtype"]), scale_dtype=jnp.dtype(w["scales"].dtype),
                       block_k=w["block_k"], block_n=w["block_n"], layout=w["layout"], k=w["k"], n=w["n"],
-                      kp=values.shape[kdim] * (2 if blocks.is_four_bit(w["element_dtype"]) else 1),
-                      np_=values.shape[1 - kdim], has_zeros=w["zeros"] is not None,
+                      kp=blocks.stored_kp(values, w["element_dtype"], w["layout"]),
+                      np_=values.shape[1 if w["layout"] == "kn" else 0], has_zeros=w["zeros"] is not None,
                       has_global_scale=w["global_scale"] is not None)
 
 

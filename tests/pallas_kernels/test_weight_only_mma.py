@@ -201,7 +201,7 @@ def test_mma_layout_round_trips(label, k, n):
     back = blocks.mma_to_nk(mm[0], case.element_dtype)
     np.testing.assert_array_equal(np.asarray(blocks.nk_to_mma(back, case.element_dtype)), np.asarray(mm[0]))
     def block_k(values):  # per channel: the whole padded K
-        return case.block_k or values.shape[1] * (2 if blocks.is_four_bit(case.element_dtype) else 1)
+        return case.block_k or blocks.stored_kp(values, case.element_dtype, "nk")
     kw = dict(element_dtype=case.element_dtype, block_n=1, k=k, n=n)
     a = blocks.dequantize_blocks(nk[0], nk[1], nk[2], layout="nk", block_k=block_k(nk[0]), **kw)
     b = blocks.dequantize_blocks(mm[0], mm[1], mm[2], layout="mma", block_k=block_k(mm[0]), **kw)

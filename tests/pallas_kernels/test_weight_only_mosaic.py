@@ -282,7 +282,7 @@ def test_register_lhs_reasons(monkeypatch):
 
 def _split_config(w, out_dtype=jnp.bfloat16):
     from pallas_kernels.weight_only import mosaic_kernel
-    kp = w["values"].shape[1] * (2 if blocks.is_four_bit(w["element_dtype"]) else 1)
+    kp = blocks.stored_kp(w["values"], w["element_dtype"], w["layout"])
     return dataclasses.replace(mosaic_kernel.register_lhs_config(
         w["element_dtype"], out_dtype, block_k=w["block_k"], kp=kp,
         has_zeros=w["zeros"] is not None), split_upcast=True)
