@@ -133,10 +133,11 @@ def tolerance(x, w: dict, out_dtype) -> tuple[float, float]:
 
 
 def run_ptx(asm: str, word, n_out: int) -> list[np.ndarray]:
-    """Executes the straight-line PTX of the upcasts (mov, shl, shr, xor, and, prmt, lop3 on
-    .b32; shr.s32; sub.f32; cvt.rn.bf16x2.f32; mul.rn.bf16x2) on vectors of 32-bit input
-    words (one array: $n_out; a list: $n_out, $n_out + 1, ...); returns the output registers
-    $0..$n_out-1."""
+    """Executes the straight-line PTX of the upcasts and lane factors (mov, shl, shr, xor,
+    and, prmt, lop3 on .b32; mov.b32 packing and unpacking 16-bit halves; shr.s32; sub.f32;
+    cvt.rn.bf16x2.f32, cvt.rn.f16x2.e4m3x2, cvt.f32.f16; mul.rn.bf16x2) on vectors of 32-bit
+    input words (one array: $n_out; a list: $n_out, $n_out + 1, ...); returns the output
+    registers $0..$n_out-1. 16-bit registers hold their bits in the low half of a uint32."""
     words = [word] if isinstance(word, np.ndarray) else list(word)
     word = np.broadcast_arrays(*words)[0]
     regs = {f"${n_out + i}": w.astype(np.uint32) for i, w in enumerate(words)}
@@ -149,8 +150,29 @@ def run_ptx(asm: str, word, n_out: int) -> list[np.ndarray]:
     f32 = lambda v: np.asarray(v, np.uint32).view(np.float32)  # noqa: E731
     for line in asm.strip("{}\n").split("\n"):
         op, _, rest = line.strip().rstrip(";").partition(" ")
+        if op == "mov.b32" and rest.startswith("{"):  # {lo, hi}, src: unpack the halves
+            halves, src = rest[1:].split("}, ")
+            lo, hi = halves.split(", ")
+            w32 = np.broadcast_to(val(src), word.shape)
+            regs[lo], regs[hi] = w32 & np.uint32(0xFFFF), w32 >> np.uint32(16)
+            continue
+        if op == "mov.b32" and "{" in rest:  # dst, {lo, hi}: pack two 16-bit registers
+            dst, halves = rest.split(", {")
+            lo, hi = halves.rstrip("}").split(", ")
+            regs[dst] = (val(lo) & np.uint32(0xFFFF)) | (val(hi) << np.uint32(16))
+            continue
         args = [a.strip() for a in rest.split(",")]
         if op.startswith(".reg"):
+            continue
+        if op == "cvt.rn.f16x2.e4m3x2":  # byte i of a -> half i of d, exact
+            b = val(args[1])
+            half = lambda v: (v & np.uint32(0xFF)).astype(np.uint8).view(jnp.float8_e4m3fn).astype(  # noqa: E731
+                np.float16).view(np.uint16).astype(np.uint32)
+            regs[args[0]] = half(b) | (half(b >> np.uint32(8)) << np.uint32(16))
+            continue
+        if op == "cvt.f32.f16":
+            h = (val(args[1]) & np.uint32(0xFFFF)).astype(np.uint16).view(np.float16)
+            regs[args[0]] = h.astype(np.float32).view(np.uint32)
             continue
         if op == "mov.b32":
             regs[args[0]] = np.broadcast_to(val(args[1]), word.shape).astype(np.uint32)

@@ -20,7 +20,11 @@ per 8 weights a thread holds; what is left per weight is its upcast, under one i
                  undone in f32 after the loop): the products are then those of the
                  dequantized bf16 weight (e2m1 * e8m0 or e4m3 is exact in bf16). 4-bit: per
                  pair a shift and AND for the magnitude, a shift for the sign, one LOP3;
-                 e4m3: 7 instructions per 4 codes. No offsets.
+                 e4m3: 7 instructions per 4 codes. No offsets. A lane's scale bytes are
+                 loaded one chunk ahead (NVFP4's two blocks per lane run as one 16-bit word
+                 per row); e8m0 becomes a factor in one IMAD, e4m3 at the chunk's use through
+                 Hopper's e4m3x2 -> f16x2 `cvt` (`lane_e4m3_factor_asm`: 420 -> 397 loop
+                 instructions per two tile-chunks, nvfp4 decode 3-6% faster on H100).
 
 The offsets are not subtracted per weight: one more MMA per K step with an all-ones A
 operand gives S = sum of x over the chunk (per row of x), and `offset * S` is taken off the
@@ -143,12 +147,43 @@ def float_upcast_asm(element_dtype, nf: int) -> str:
     return "{\n" + "\n".join(lines) + "\n}"
 
 
-def lane_load_asm(nf: int) -> str:
-    """A lane's scale bytes ($0-$3 from the pointers $4-$7, zero-extended): nf == 1 loads the
-    first two (rows g, g + 8) and repeats them, the other pointers unused."""
-    lines = [f"ld.global.nc.u8 ${i}, [${4 + i}];" for i in range(2 * nf)]
+def lane_load_asm(nf: int, split: bool = True) -> str:
+    """A lane's scale bytes, zero-extended, from the pointers $4, $5 (rows g, g + 8): $0, $1
+    the rows' first block, $2, $3 their second (nf == 2; else the first again). nf == 2 loads
+    the row's two adjacent blocks as one 16-bit word (a warp's load touches 8 rows' lines:
+    two loads instead of four), split into bytes, or (split=False) left whole in $0, $1 (and
+    repeated) for `lane_e4m3_factor_asm`."""
     if nf == 1:
+        lines = ["ld.global.nc.u8 $0, [$4];", "ld.global.nc.u8 $1, [$5];"]
+    else:
+        lines = ["ld.global.nc.u16 $0, [$4];", "ld.global.nc.u16 $1, [$5];"]
+    if nf == 2 and split:
+        lines += ["shr.b32 $2, $0, 8;", "shr.b32 $3, $1, 8;", "and.b32 $0, $0, 255;",
+                  "and.b32 $1, $1, 255;"]
+    else:
         lines += ["mov.b32 $2, $0;", "mov.b32 $3, $1;"]
+    return "{\n" + "\n".join(lines) + "\n}"
+
+
+def lane_e4m3_factor_asm(nf: int, fx: int) -> str:
+    """A lane's e4m3 scale words (`lane_load_asm(nf, split=False)`: $4, $5 rows g, g + 8) ->
+    its 4 factors, bf16x2 bits of scale * 2**fx in both halves: $0, $1 rows g, g + 8; $2, $3
+    the same rows' second block (nf == 2; else the first again). Both bytes of a word go
+    through Hopper's e4m3x2 -> f16x2 and f32 into one bf16x2, times 2**fx (all exact: sign,
+    zero and NaN kept), then each half is repeated."""
+    factor = ((fx + 127) << 7) * 0x10001
+    lines = [".reg .b16 w, x, lo, hi;", ".reg .b32 h, p, k;", ".reg .f32 f0, f1;",
+             f"mov.b32 k, {factor:#010x};"]
+    for row in range(2):
+        lines += [f"mov.b32 {{w, x}}, ${4 + row};",
+                  "cvt.rn.f16x2.e4m3x2 h, w;",  # byte 1 -> upper half (0 for nf == 1)
+                  "mov.b32 {lo, hi}, h;",
+                  "cvt.f32.f16 f0, lo;", "cvt.f32.f16 f1, hi;",
+                  "cvt.rn.bf16x2.f32 p, f1, f0;",
+                  "mul.rn.bf16x2 p, p, k;",
+                  "mov.b32 {lo, hi}, p;",
+                  f"mov.b32 ${row}, {{lo, lo}};",
+                  f"mov.b32 ${2 + row}, {{{'hi, hi' if nf == 2 else 'lo, lo'}}};"]
     return "{\n" + "\n".join(lines) + "\n}"
 
 
@@ -172,6 +207,11 @@ if triton is not None:
     _UP_E2M1_1, _UP_E2M1_2 = (tl.constexpr(float_upcast_asm(jnp.float4_e2m1fn, nf)) for nf in (1, 2))
     _UP_E4M3_1, _UP_E4M3_2 = (tl.constexpr(float_upcast_asm(jnp.float8_e4m3fn, nf)) for nf in (1, 2))
     _LD_LANE_1, _LD_LANE_2 = (tl.constexpr(lane_load_asm(nf)) for nf in (1, 2))
+    _LD_WORD_2 = tl.constexpr(lane_load_asm(2, split=False))
+    # e4m3 scales' factors, by codes (e2m1, e4m3) and scale blocks per lane run
+    _FAC_E2M1_1, _FAC_E2M1_2, _FAC_E4M3_1, _FAC_E4M3_2 = (
+        tl.constexpr(lane_e4m3_factor_asm(nf, FLOAT_BIAS[jnp.dtype(d)] - SCALE_SHIFT))
+        for d in (jnp.float4_e2m1fn, jnp.float8_e4m3fn) for nf in (1, 2))
     _UP_E2M1_CONS = tl.constexpr(",".join(["=r"] * 32 + ["r"] * 12))
     _UP_E4M3_CONS = tl.constexpr(",".join(["=r"] * 16 + ["r"] * 12))
     _MMA_BF16 = tl.constexpr(mma2_asm("bf16"))
@@ -233,22 +273,37 @@ if triton is not None:
         return a
 
     @triton.jit
-    def _lane_factors(ptrs, SCALE: tl.constexpr, NF: tl.constexpr, FX: tl.constexpr, FC: tl.constexpr,
-                      FS: tl.constexpr):
-        """The lane's scales (`lane_load_asm`) -> bf16x2 bits of scale * 2**FX (FX = bias -
-        SCALE_SHIFT, FS = 2.0**FX, FC = (FX << 7) * 0x10001; exact)."""
+    def _lane_scales(ptrs, SCALE: tl.constexpr, NF: tl.constexpr, FX: tl.constexpr, FC: tl.constexpr):
+        """The lane's scales (`lane_load_asm`), loaded one chunk ahead: e8m0 bytes as their
+        factors, bf16x2 bits of scale * 2**FX in both halves (FX = bias - SCALE_SHIFT, FC =
+        (FX << 7) * 0x10001; exact); e4m3 as loaded (`_e4m3_factors` at the chunk's use)."""
         if NF == 1:
             asm: tl.constexpr = _LD_LANE_1
+        elif SCALE == 2:
+            asm: tl.constexpr = _LD_WORD_2
         else:
             asm: tl.constexpr = _LD_LANE_2
         raw = tl.inline_asm_elementwise(asm, "=r,=r,=r,=r,l,l,l,l", [ptrs], dtype=tl.int32, is_pure=True, pack=4)
-        if SCALE == 1:  # e8m0 byte e = 2**(e - 127): the exponent field e + FX in both halves, one IMAD;
-            # e clamped so that too large a scale gives inf (field 255), not a carry into the sign
-            e = tl.minimum(raw, 255 - FX).to(tl.uint32, bitcast=True)
-            return (e * 0x00800080 + FC).to(tl.int32, bitcast=True)
-        f = _decode_scale(raw.to(tl.uint8), SCALE) * FS  # e4m3
-        b = f.to(tl.bfloat16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-        return b | (b << 16)
+        if SCALE == 2:
+            return raw
+        # e8m0 byte e = 2**(e - 127): the exponent field e + FX in both halves, one IMAD; e
+        # clamped so that too large a scale gives inf (field 255), not a carry into the sign
+        e = tl.minimum(raw, 255 - FX).to(tl.uint32, bitcast=True)
+        return (e * 0x00800080 + FC).to(tl.int32, bitcast=True)
+
+    @triton.jit
+    def _e4m3_factors(raw, ELEM: tl.constexpr, NF: tl.constexpr):
+        """The lane's e4m3 scale words -> its factors (`lane_e4m3_factor_asm`)."""
+        if ELEM == 4 and NF == 1:
+            fasm: tl.constexpr = _FAC_E2M1_1
+        elif ELEM == 4:
+            fasm: tl.constexpr = _FAC_E2M1_2
+        elif NF == 1:
+            fasm: tl.constexpr = _FAC_E4M3_1
+        else:
+            fasm: tl.constexpr = _FAC_E4M3_2
+        return tl.inline_asm_elementwise(fasm, "=r,=r,=r,=r,r,r,r,r", [raw], dtype=tl.int32,
+                                         is_pure=True, pack=4)
 
     @triton.jit
     def _rep(v, TN: tl.constexpr):
@@ -260,14 +315,14 @@ if triton is not None:
     @triton.jit
     def _fetch(c, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE: tl.constexpr, SBK: tl.constexpr,
                CK: tl.constexpr, HAS_Z: tl.constexpr, MODE: tl.constexpr, sf, NF: tl.constexpr, FX: tl.constexpr,
-               FC: tl.constexpr, FS: tl.constexpr):
+               FC: tl.constexpr):
         """Chunk c's weight words (rows g and g + 8: two 512-byte runs per warp) and, per
         scale block (MODE 1), its scales and zero points; MODE 2: the lane's factors (sf: the
         offsets of its scales, (R, 4): rows g, g + 8, then those of its second block)."""
         wg = tl.load(w_g + c * 256, eviction_policy="evict_first")  # 1 KB per tile and chunk
         wh = tl.load(w_h + c * 256, eviction_policy="evict_first")
         if MODE == 2:
-            s = _lane_factors(s_ptr + sf + ((c * CK) // SBK) * ssk, SCALE, NF, FX, FC, FS)
+            s = _lane_scales(s_ptr + sf + ((c * CK) // SBK) * ssk, SCALE, NF, FX, FC)
             z = s
         elif MODE == 1:
             off = ((c * CK) // SBK) * ssk + n_out * ssn
@@ -325,11 +380,14 @@ if triton is not None:
 
     @triton.jit
     def _consume_float(f, c, x0, x1, tot0, tot1, ELEM: tl.constexpr, XC: tl.constexpr, XV: tl.constexpr,
-                       MODE: tl.constexpr, NB: tl.constexpr, TN: tl.constexpr, NF: tl.constexpr, FAC: tl.constexpr):
+                       MODE: tl.constexpr, NB: tl.constexpr, TN: tl.constexpr, NF: tl.constexpr, FAC: tl.constexpr,
+                       SCALE: tl.constexpr):
         """tot += chunk c's product: MODE 2 with the scales in the factors, MODE 0 (scales after
         the loop) straight into tot, MODE 1 from zero, times its scales."""
         wg, wh, s, z = f
-        if MODE == 2:
+        if MODE == 2 and SCALE == 2:
+            fac = _e4m3_factors(s, ELEM, NF)
+        elif MODE == 2:
             fac = s
         else:
             fac = tl.full(wg.shape, FAC, tl.int32)  # 2**bias in both halves
@@ -348,9 +406,9 @@ if triton is not None:
     @triton.jit
     def _use(f, c, x0, x1, tot0, tot1, ELEM: tl.constexpr, BF16: tl.constexpr, XC: tl.constexpr, XV: tl.constexpr,
              MODE: tl.constexpr, NB: tl.constexpr, TN: tl.constexpr, HAS_Z: tl.constexpr, OFF: tl.constexpr,
-             NF: tl.constexpr, FAC: tl.constexpr):
+             NF: tl.constexpr, FAC: tl.constexpr, SCALE: tl.constexpr):
         if ELEM >= 3:
-            return _consume_float(f, c, x0, x1, tot0, tot1, ELEM, XC, XV, MODE, NB, TN, NF, FAC)
+            return _consume_float(f, c, x0, x1, tot0, tot1, ELEM, XC, XV, MODE, NB, TN, NF, FAC, SCALE)
         return _consume(f, c, x0, x1, tot0, tot1, ELEM, BF16, XC, XV, MODE, NB, TN, HAS_Z, OFF)
 
     @triton.jit
@@ -385,7 +443,7 @@ if triton is not None:
         ELEM: tl.constexpr, SCALE: tl.constexpr, SBK: tl.constexpr, HAS_Z: tl.constexpr,
         HAS_G: tl.constexpr, MODE: tl.constexpr, NB: tl.constexpr, NW: tl.constexpr,
         CK: tl.constexpr, U: tl.constexpr, TN: tl.constexpr, OFF: tl.constexpr, MB: tl.constexpr,
-        NF: tl.constexpr, FX: tl.constexpr, FC: tl.constexpr, FS: tl.constexpr, FAC: tl.constexpr,
+        NF: tl.constexpr, FX: tl.constexpr, FC: tl.constexpr, FAC: tl.constexpr,
         XF: tl.constexpr,
     ):
         """Program (n, 0, s): NW warps, TN 16-row tiles of W each; x rows 8 NB mb .. 8 NB (mb + 1) for mb < MB;
@@ -434,36 +492,36 @@ if triton is not None:
                 x1 = xq + (tl.minimum(m0 + 8 + g, M - 1) * sxm + t * (CK // 8))[:, None] + j
             tot0 = tl.zeros((R, 4), tl.float32)
             tot1 = tl.zeros((R, 4), tl.float32)
-            p0 = _fetch(base, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FX, FC, FS)
+            p0 = _fetch(base, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FX, FC)
             p1 = p0
             p2 = p0
             p3 = p0
             if U >= 2:
-                p1 = _fetch(base + 1, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FX, FC, FS)
+                p1 = _fetch(base + 1, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FX, FC)
             if U == 4:
-                p2 = _fetch(base + 2, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FX, FC, FS)
-                p3 = _fetch(base + 3, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FX, FC, FS)
+                p2 = _fetch(base + 2, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FX, FC)
+                p3 = _fetch(base + 3, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FX, FC)
             for c0 in tl.range(0, CS, U):
                 q0 = p0
                 q1 = p1
                 q2 = p2
                 q3 = p3
                 nx = base + tl.minimum(c0 + U, CS - U)
-                p0 = _fetch(nx, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FX, FC, FS)
+                p0 = _fetch(nx, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FX, FC)
                 if U >= 2:
-                    p1 = _fetch(nx + 1, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FX, FC, FS)
+                    p1 = _fetch(nx + 1, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FX, FC)
                 if U == 4:
-                    p2 = _fetch(nx + 2, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FX, FC, FS)
-                    p3 = _fetch(nx + 3, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FX, FC, FS)
-                tot0, tot1 = _use(q0, base + c0, x0, x1, tot0, tot1, ELEM, BF16, XC, XV, MODE, NB, TN, HAS_Z, OFF, NF, FAC)
+                    p2 = _fetch(nx + 2, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FX, FC)
+                    p3 = _fetch(nx + 3, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FX, FC)
+                tot0, tot1 = _use(q0, base + c0, x0, x1, tot0, tot1, ELEM, BF16, XC, XV, MODE, NB, TN, HAS_Z, OFF, NF, FAC, SCALE)
                 if U >= 2:
                     tot0, tot1 = _use(q1, base + c0 + 1, x0, x1, tot0, tot1, ELEM, BF16, XC, XV, MODE, NB, TN,
-                                      HAS_Z, OFF, NF, FAC)
+                                      HAS_Z, OFF, NF, FAC, SCALE)
                 if U == 4:
                     tot0, tot1 = _use(q2, base + c0 + 2, x0, x1, tot0, tot1, ELEM, BF16, XC, XV, MODE, NB, TN,
-                                      HAS_Z, OFF, NF, FAC)
+                                      HAS_Z, OFF, NF, FAC, SCALE)
                     tot0, tot1 = _use(q3, base + c0 + 3, x0, x1, tot0, tot1, ELEM, BF16, XC, XV, MODE, NB, TN,
-                                      HAS_Z, OFF, NF, FAC)
+                                      HAS_Z, OFF, NF, FAC, SCALE)
             if MODE == 0:
                 s = _decode_scale(_ld_nc(s_ptr + n_out * ssn), SCALE)
                 tot0 = tot0 * s
@@ -484,10 +542,9 @@ if triton is not None:
 def _float_factors(bias: int) -> dict:
     """The float codes' factor constants: FAC, 2**bias as bf16x2 bits (scales after the
     MMAs); with FX = bias - SCALE_SHIFT (scales folded into the factors), FC = FX in both
-    halves' exponent fields and FS = 2.0**FX."""
+    halves' exponent fields (e8m0 scales)."""
     fx = bias - SCALE_SHIFT
-    return dict(FAC=((bias + 127) << 7) * 0x10001 if bias else 0, FX=fx, FC=((fx << 7) * 0x10001) % (1 << 32),
-                FS=2.0 ** fx)
+    return dict(FAC=((bias + 127) << 7) * 0x10001 if bias else 0, FX=fx, FC=((fx << 7) * 0x10001) % (1 << 32))
 
 
 def fragment_order_x(x, kp: int, ck: int, nb: int):
@@ -525,6 +582,9 @@ def mma_args(x, arrays, ints, consts, *, spec, cfg):
     else:
         mode = 2  # float codes, shorter blocks: scales in the upcast's factors
     nf = 2 if mode == 2 and spec.block_k < blocks.mma_lane_k(edt) else 1
+    if nf == 2 and (ints["ssk"] != 1 or 2 * spec.block_k != blocks.mma_lane_k(edt)):
+        raise ValueError(f"the lane's two scale blocks must be adjacent bytes (one 16-bit load): "
+                         f"block_k={spec.block_k}, K stride of the scales {ints['ssk']}")
     nt = spec.np_ // 16
     xt = "bf16" if x.dtype == jnp.bfloat16 else "f16"
     params = dict(

@@ -187,6 +187,34 @@ def test_upcast_gives_magic_plus_code_on_every_byte(label):
             np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("codes", [jnp.float4_e2m1fn, jnp.float8_e4m3fn])
+@pytest.mark.parametrize("nf", [1, 2])
+def test_e4m3_lane_factors_are_the_scale_times_2_to_the_fx(codes, nf):
+    """Every e4m3 scale byte (NaN, zero and negative ones included) in both places of the
+    16-bit word a lane loads: the factors are bf16 scale * 2**(bias - SCALE_SHIFT), each in
+    both halves; nf == 1 repeats the first block's."""
+    fx = triton_mma.FLOAT_BIAS[jnp.dtype(codes)] - triton_mma.SCALE_SHIFT
+    b = np.arange(256, dtype=np.uint32)
+    words = [b | (np.roll(b, 7) << np.uint32(8)), np.roll(b, 100) | (b << np.uint32(8))]  # rows g, g + 8
+    if nf == 1:
+        words = [w & np.uint32(0xFF) for w in words]
+    outs = run_ptx(triton_mma.lane_e4m3_factor_asm(nf, fx), words + words, 4)
+
+    def factor(byte):
+        v = byte.astype(np.uint8).view(jnp.float8_e4m3fn).astype(np.float64) * 2.0 ** fx
+        bits = v.astype(np.float32).astype(jnp.bfloat16).view(np.uint16).astype(np.uint32)
+        return bits | (bits << np.uint32(16))
+
+    for reg, (row, block) in enumerate([(0, 0), (1, 0), (0, 1), (1, 1)]):
+        byte = (words[row] >> np.uint32(8 * (block if nf == 2 else 0))) & np.uint32(0xFF)
+        got, want = outs[reg], factor(byte)
+        nan = np.isnan(byte.astype(np.uint8).view(jnp.float8_e4m3fn).astype(np.float32))
+        assert nan.sum() == 2  # 0x7f and 0xff: every byte is in every place
+        np.testing.assert_array_equal(got[~nan], want[~nan])
+        halves = np.stack([got[nan] & np.uint32(0xFFFF), got[nan] >> np.uint32(16)])
+        assert np.isnan(halves.astype(np.uint16).view(jnp.bfloat16).astype(np.float32)).all()
+
+
 @pytest.mark.parametrize("label", ["int4-g128", "uint4-g128", "int8", "mxfp4", "nvfp4", "fp8"])
 @pytest.mark.parametrize("k,n", [(256, 48), (200, 40)])
 def test_mma_layout_round_trips(label, k, n):
