@@ -317,8 +317,9 @@ if triton is not None:
                CK: tl.constexpr, HAS_Z: tl.constexpr, MODE: tl.constexpr, sf, NF: tl.constexpr, FX: tl.constexpr,
                FC: tl.constexpr):
         """Chunk c's weight words (rows g and g + 8: two 512-byte runs per warp) and, per
-        scale block (MODE 1), its scales and zero points; MODE 2: the lane's factors (sf: the
-        offsets of its scales, (R, 4): rows g, g + 8, then those of its second block)."""
+        scale block (MODE 1), its scales and zero points; MODE 2: the lane's scales, e8m0 as
+        factors, e4m3 as loaded (`_lane_scales`; sf: the offsets of its scales, (R, 4): rows
+        g, g + 8, then those of its second block)."""
         wg = tl.load(w_g + c * 256, eviction_policy="evict_first")  # 1 KB per tile and chunk
         wh = tl.load(w_h + c * 256, eviction_policy="evict_first")
         if MODE == 2:
