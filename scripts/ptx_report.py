@@ -1,6 +1,7 @@
 """Compile the weight-only Triton kernels for sm_90a on any machine (no GPU) and report what
 the GPU will run: the global-load widths in the PTX, registers and local-memory stack
-(`cuobjdump -res-usage` of the cubin). Each launch is built by the same code the GPU path
+(`cuobjdump -res-usage` of the cubin), and the size of the main loop in SASS (`nvdisasm`;
+"loop": instructions from its label to its backward branch). Each launch is built by the same code the GPU path
 uses (`triton_kernel.triton_launch`, the chooser's config for the given device kind) and
 specialized as jax-triton 0.3.1 specializes it (pointers 16-byte aligned).
 
@@ -46,9 +47,30 @@ def compile_launch(kernel, arrays, out_shape, params, *, num_warps: int, num_sta
                           options=dict(num_warps=num_warps, num_stages=num_stages))
 
 
+def loop_ops(sass: str) -> collections.Counter:
+    """Opcodes (without modifiers) of the largest loop in `nvdisasm -c` output: the
+    instructions from a label to the furthest backward branch to it (a kernel's main loop)."""
+    labels, ins, pending = {}, [], None
+    for line in sass.splitlines():
+        if m := re.match(r"\s*(\.L_x_\d+):", line):
+            pending = m.group(1)
+        elif m := re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", line):
+            addr = int(m.group(1), 16)
+            if pending:
+                labels[pending], pending = addr, None
+            target = re.search(r"(\.L_x_\d+)", line) if m.group(2) == "BRA" else None
+            ins.append((addr, m.group(2), target.group(1) if target else None))
+    loops = [(labels[t], a) for a, op, t in ins if t in labels and labels[t] < a]
+    if not loops:
+        return collections.Counter()
+    start, end = max(loops, key=lambda se: se[1] - se[0])
+    return collections.Counter(op for a, op, _ in ins if start <= a <= end)
+
+
 def resources(compiled) -> dict:
     """{'regs', 'stack', 'loads': Counter of global-load forms, 'widest': bytes, 'mma_sync':
-    warp-level MMAs, 'shared': shared-memory accesses and barriers} of the PTX and cubin."""
+    warp-level MMAs, 'shared': shared-memory accesses and barriers, 'loop': Counter of the
+    main loop's SASS opcodes} of the PTX and cubin."""
     import triton
     ptx = compiled.asm["ptx"]
     loads = collections.Counter()
@@ -65,9 +87,11 @@ def resources(compiled) -> dict:
         f.flush()
         res = subprocess.run([os.path.join(bindir, "cuobjdump"), "-res-usage", f.name],
                              capture_output=True, text=True, check=True).stdout
+        sass = subprocess.run([os.path.join(bindir, "nvdisasm"), "-c", f.name],
+                              capture_output=True, text=True, check=True).stdout
     regs = int(re.search(r"REG:(\d+)", res).group(1))
     stack = int(re.search(r"STACK:(\d+)", res).group(1))
-    return dict(regs=regs, stack=stack, loads=loads, widest=max(loads, default=0),
+    return dict(regs=regs, stack=stack, loads=loads, widest=max(loads, default=0), loop=loop_ops(sass),
                 mma_sync=len(re.findall(r"mma\.sync", ptx)),
                 shared=len(re.findall(r"(?:ld|st)\.shared|bar\.sync", ptx)))
 
@@ -103,12 +127,14 @@ def main(argv=None):
     p.add_argument("--device-kind", default="NVIDIA H200")
     a = p.parse_args(argv)
     k, n = (int(v) for v in a.shape.split("x"))
-    print(f"{'format':>10s} {'M':>5s} {'kernel':>7s} {'tile':>11s} {'regs':>4s} {'stack':>5s}  loads by width (bytes: count)")
+    print(f"{'format':>10s} {'M':>5s} {'kernel':>7s} {'tile':>11s} {'regs':>4s} {'stack':>5s} {'loop':>5s}  "
+          f"loads by width (bytes: count)")
     for label in a.formats.split(","):
         for m in (int(v) for v in a.ms.split(",")):
             r = report_case(label, k, n, m, a.layout, a.device_kind)
             widths = " ".join(f"{b}:{c}" for b, c in sorted(r["loads"].items()))
-            print(f"{label:>10s} {m:5d} {r['kernel']:>7s} {r['tile']:>11s} {r['regs']:4d} {r['stack']:5d}  {widths}")
+            print(f"{label:>10s} {m:5d} {r['kernel']:>7s} {r['tile']:>11s} {r['regs']:4d} {r['stack']:5d} "
+                  f"{sum(r['loop'].values()):5d}  {widths}")
 
 
 if __name__ == "__main__":
