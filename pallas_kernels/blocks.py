@@ -138,8 +138,9 @@ def mma_format_reason(element_dtype, block_k: int | None, scale_dtype, block_n: 
     dtype are not what "mma" is for (None when they are). Scales are per output row
     (block_n 1). The tensor-core GEMV reads int8, int4, uint4,
     e4m3 and e2m1 codes; scale blocks are whole chunks (scales multiply a chunk's sums) or,
-    for the float codes, blocks of half a lane's K run or more with e8m0 or e4m3 scales
-    (exact in bf16: folded into the upcast weights; mxfp4, nvfp4 and mxfp8)."""
+    for the float codes, blocks dividing the chunk, of half a lane's K run or more, with e8m0
+    or e4m3 scales (exact in bf16: folded into the upcast weights; mxfp4, nvfp4 and mxfp8):
+    a lane's run then lies in one block or, for half-run blocks, in two adjacent ones."""
     edt = jnp.dtype(element_dtype)
     if edt not in MMA_ELEMENTS:
         return f"layout 'mma' stores {', '.join(map(str, MMA_ELEMENTS))} codes, not {edt}"
@@ -150,8 +151,9 @@ def mma_format_reason(element_dtype, block_k: int | None, scale_dtype, block_n: 
         return None
     if jnp.issubdtype(edt, jnp.integer):
         return f"layout 'mma' needs {edt} scale blocks of whole {ck}-long chunks (block_k={block_k})"
-    if block_k < kl // 2:
-        return f"layout 'mma' needs {edt} scale blocks of >= {kl // 2} (block_k={block_k})"
+    if block_k < kl // 2 or ck % block_k:
+        return (f"layout 'mma' needs {edt} scale blocks of >= {kl // 2} that divide its "
+                f"{ck}-long chunk (block_k={block_k})")
     if jnp.dtype(scale_dtype) not in MMA_LANE_SCALES:
         return (f"layout 'mma' folds scales of blocks shorter than its {ck}-long chunk into bf16 weights: "
                 f"scale_dtype must be one of {', '.join(map(str, MMA_LANE_SCALES))} (got {jnp.dtype(scale_dtype)})")

@@ -582,10 +582,8 @@ def mma_args(x, arrays, ints, consts, *, spec, cfg):
         mode = 1  # whole chunks per block: scales times each chunk's sums
     else:
         mode = 2  # float codes, shorter blocks: scales in the upcast's factors
+    # Two blocks per lane run: half a run each (`blocks.mma_format_reason`), adjacent bytes.
     nf = 2 if mode == 2 and spec.block_k < blocks.mma_lane_k(edt) else 1
-    if nf == 2 and (ints["ssk"] != 1 or 2 * spec.block_k != blocks.mma_lane_k(edt)):
-        raise ValueError(f"the lane's two scale blocks must be adjacent bytes (one 16-bit load): "
-                         f"block_k={spec.block_k}, K stride of the scales {ints['ssk']}")
     nt = spec.np_ // 16
     xt = "bf16" if x.dtype == jnp.bfloat16 else "f16"
     params = dict(

@@ -215,6 +215,15 @@ def test_e4m3_lane_factors_are_the_scale_times_2_to_the_fx(codes, nf):
         assert np.isnan(halves.astype(np.uint16).view(jnp.bfloat16).astype(np.float32)).all()
 
 
+@pytest.mark.parametrize("block_k,ok", [(8, False), (16, True), (24, False), (32, True), (48, False),
+                                        (64, True), (96, False), (256, True)])
+def test_mma_float_blocks_divide_the_chunk(block_k, ok):
+    """e2m1 codes (128-long chunks, 32-long lane runs): a lane's run lies in one block or in
+    two adjacent half-run blocks, which its factors' 16-bit scale load reads."""
+    why = blocks.mma_format_reason(jnp.float4_e2m1fn, block_k, jnp.float8_e4m3fn)
+    assert (why is None) == ok, why
+
+
 @pytest.mark.parametrize("label", ["int4-g128", "uint4-g128", "int8", "mxfp4", "nvfp4", "fp8"])
 @pytest.mark.parametrize("k,n", [(256, 48), (200, 40)])
 def test_mma_layout_round_trips(label, k, n):
