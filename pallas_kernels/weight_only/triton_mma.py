@@ -273,21 +273,27 @@ if triton is not None:
         return a
 
     @triton.jit
-    def _lane_scales(ptrs, SCALE: tl.constexpr, NF: tl.constexpr, FX: tl.constexpr, FC: tl.constexpr):
-        """The lane's scales (`lane_load_asm`), loaded one chunk ahead: e8m0 bytes as their
-        factors, bf16x2 bits of scale * 2**FX in both halves (FX = bias - SCALE_SHIFT, FC =
-        (FX << 7) * 0x10001; exact); e4m3 as loaded (`_e4m3_factors` at the chunk's use)."""
+    def _lane_scales(ptrs, SCALE: tl.constexpr, NF: tl.constexpr):
+        """The lane's scales as loaded (`lane_load_asm`), one chunk ahead: e8m0 bytes, e4m3
+        words; `_lane_factors` turns them into factors where the chunk is used."""
         if NF == 1:
             asm: tl.constexpr = _LD_LANE_1
         elif SCALE == 2:
             asm: tl.constexpr = _LD_WORD_2
         else:
             asm: tl.constexpr = _LD_LANE_2
-        raw = tl.inline_asm_elementwise(asm, "=r,=r,=r,=r,l,l,l,l", [ptrs], dtype=tl.int32, is_pure=True, pack=4)
+        return tl.inline_asm_elementwise(asm, "=r,=r,=r,=r,l,l,l,l", [ptrs], dtype=tl.int32, is_pure=True, pack=4)
+
+    @triton.jit
+    def _lane_factors(raw, ELEM: tl.constexpr, NF: tl.constexpr, SCALE: tl.constexpr, FX: tl.constexpr,
+                      FC: tl.constexpr):
+        """The lane's scales (`_lane_scales`) -> its factors, bf16x2 bits of scale * 2**FX in
+        both halves (FX = bias - SCALE_SHIFT, FC = (FX << 7) * 0x10001; exact): e4m3 by
+        `_e4m3_factors`; e8m0 byte e = 2**(e - 127) as the exponent field e + FX in both
+        halves, one IMAD, e clamped so that too large a scale gives inf (field 255), not a
+        carry into the sign."""
         if SCALE == 2:
-            return raw
-        # e8m0 byte e = 2**(e - 127): the exponent field e + FX in both halves, one IMAD; e
-        # clamped so that too large a scale gives inf (field 255), not a carry into the sign
+            return _e4m3_factors(raw, ELEM, NF)
         e = tl.minimum(raw, 255 - FX).to(tl.uint32, bitcast=True)
         return (e * 0x00800080 + FC).to(tl.int32, bitcast=True)
 
@@ -314,16 +320,15 @@ if triton is not None:
 
     @triton.jit
     def _fetch(c, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE: tl.constexpr, SBK: tl.constexpr,
-               CK: tl.constexpr, HAS_Z: tl.constexpr, MODE: tl.constexpr, sf, NF: tl.constexpr, FX: tl.constexpr,
-               FC: tl.constexpr):
+               CK: tl.constexpr, HAS_Z: tl.constexpr, MODE: tl.constexpr, sf, NF: tl.constexpr):
         """Chunk c's weight words (rows g and g + 8: two 512-byte runs per warp) and, per
-        scale block (MODE 1), its scales and zero points; MODE 2: the lane's scales, e8m0 as
-        factors, e4m3 as loaded (`_lane_scales`; sf: the offsets of its scales, (R, 4): rows
-        g, g + 8, then those of its second block)."""
+        scale block (MODE 1), its scales and zero points; MODE 2: the lane's scales as loaded
+        (`_lane_scales`; sf: the offsets of its scales, (R, 4): rows g, g + 8, then those of
+        its second block)."""
         wg = tl.load(w_g + c * 256, eviction_policy="evict_first")  # 1 KB per tile and chunk
         wh = tl.load(w_h + c * 256, eviction_policy="evict_first")
         if MODE == 2:
-            s = _lane_scales(s_ptr + sf + ((c * CK) // SBK) * ssk, SCALE, NF, FX, FC)
+            s = _lane_scales(s_ptr + sf + ((c * CK) // SBK) * ssk, SCALE, NF)
             z = s
         elif MODE == 1:
             off = ((c * CK) // SBK) * ssk + n_out * ssn
@@ -382,14 +387,12 @@ if triton is not None:
     @triton.jit
     def _consume_float(f, c, x0, x1, tot0, tot1, ELEM: tl.constexpr, XC: tl.constexpr, XV: tl.constexpr,
                        MODE: tl.constexpr, NB: tl.constexpr, TN: tl.constexpr, NF: tl.constexpr, FAC: tl.constexpr,
-                       SCALE: tl.constexpr):
+                       SCALE: tl.constexpr, FX: tl.constexpr, FC: tl.constexpr):
         """tot += chunk c's product: MODE 2 with the scales in the factors, MODE 0 (scales after
         the loop) straight into tot, MODE 1 from zero, times its scales."""
         wg, wh, s, z = f
-        if MODE == 2 and SCALE == 2:
-            fac = _e4m3_factors(s, ELEM, NF)
-        elif MODE == 2:
-            fac = s
+        if MODE == 2:
+            fac = _lane_factors(s, ELEM, NF, SCALE, FX, FC)
         else:
             fac = tl.full(wg.shape, FAC, tl.int32)  # 2**bias in both halves
         a = _upcast_float(wg, wh, fac, ELEM, NF)
@@ -407,9 +410,9 @@ if triton is not None:
     @triton.jit
     def _use(f, c, x0, x1, tot0, tot1, ELEM: tl.constexpr, BF16: tl.constexpr, XC: tl.constexpr, XV: tl.constexpr,
              MODE: tl.constexpr, NB: tl.constexpr, TN: tl.constexpr, HAS_Z: tl.constexpr, OFF: tl.constexpr,
-             NF: tl.constexpr, FAC: tl.constexpr, SCALE: tl.constexpr):
+             NF: tl.constexpr, FAC: tl.constexpr, SCALE: tl.constexpr, FX: tl.constexpr, FC: tl.constexpr):
         if ELEM >= 3:
-            return _consume_float(f, c, x0, x1, tot0, tot1, ELEM, XC, XV, MODE, NB, TN, NF, FAC, SCALE)
+            return _consume_float(f, c, x0, x1, tot0, tot1, ELEM, XC, XV, MODE, NB, TN, NF, FAC, SCALE, FX, FC)
         return _consume(f, c, x0, x1, tot0, tot1, ELEM, BF16, XC, XV, MODE, NB, TN, HAS_Z, OFF)
 
     @triton.jit
@@ -493,36 +496,37 @@ if triton is not None:
                 x1 = xq + (tl.minimum(m0 + 8 + g, M - 1) * sxm + t * (CK // 8))[:, None] + j
             tot0 = tl.zeros((R, 4), tl.float32)
             tot1 = tl.zeros((R, 4), tl.float32)
-            p0 = _fetch(base, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FX, FC)
+            p0 = _fetch(base, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF)
             p1 = p0
             p2 = p0
             p3 = p0
             if U >= 2:
-                p1 = _fetch(base + 1, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FX, FC)
+                p1 = _fetch(base + 1, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF)
             if U == 4:
-                p2 = _fetch(base + 2, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FX, FC)
-                p3 = _fetch(base + 3, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FX, FC)
+                p2 = _fetch(base + 2, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF)
+                p3 = _fetch(base + 3, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF)
             for c0 in tl.range(0, CS, U):
                 q0 = p0
                 q1 = p1
                 q2 = p2
                 q3 = p3
                 nx = base + tl.minimum(c0 + U, CS - U)
-                p0 = _fetch(nx, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FX, FC)
+                p0 = _fetch(nx, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF)
                 if U >= 2:
-                    p1 = _fetch(nx + 1, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FX, FC)
+                    p1 = _fetch(nx + 1, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF)
                 if U == 4:
-                    p2 = _fetch(nx + 2, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FX, FC)
-                    p3 = _fetch(nx + 3, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF, FX, FC)
-                tot0, tot1 = _use(q0, base + c0, x0, x1, tot0, tot1, ELEM, BF16, XC, XV, MODE, NB, TN, HAS_Z, OFF, NF, FAC, SCALE)
+                    p2 = _fetch(nx + 2, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF)
+                    p3 = _fetch(nx + 3, w_g, w_h, s_ptr, z_ptr, n_out, ssk, ssn, SCALE, SBK, CK, HAS_Z, MODE, sf, NF)
+                tot0, tot1 = _use(q0, base + c0, x0, x1, tot0, tot1, ELEM, BF16, XC, XV, MODE, NB, TN, HAS_Z, OFF,
+                                  NF, FAC, SCALE, FX, FC)
                 if U >= 2:
                     tot0, tot1 = _use(q1, base + c0 + 1, x0, x1, tot0, tot1, ELEM, BF16, XC, XV, MODE, NB, TN,
-                                      HAS_Z, OFF, NF, FAC, SCALE)
+                                      HAS_Z, OFF, NF, FAC, SCALE, FX, FC)
                 if U == 4:
                     tot0, tot1 = _use(q2, base + c0 + 2, x0, x1, tot0, tot1, ELEM, BF16, XC, XV, MODE, NB, TN,
-                                      HAS_Z, OFF, NF, FAC, SCALE)
+                                      HAS_Z, OFF, NF, FAC, SCALE, FX, FC)
                     tot0, tot1 = _use(q3, base + c0 + 3, x0, x1, tot0, tot1, ELEM, BF16, XC, XV, MODE, NB, TN,
-                                      HAS_Z, OFF, NF, FAC, SCALE)
+                                      HAS_Z, OFF, NF, FAC, SCALE, FX, FC)
             if MODE == 0:
                 s = _decode_scale(_ld_nc(s_ptr + n_out * ssn), SCALE)
                 tot0 = tot0 * s
