@@ -111,7 +111,7 @@ def unsupported_reason(x_shape, x_dtype, *, element_dtype, scale_dtype, block_k:
                     f"RegisterLhsConfig (scaled_gemm's MosaicGemmConfig), not {config!r}")
         why = mosaic_kernel.register_lhs_reason(
             element_dtype=element_dtype, x_dtype=x_dtype, block_k=block_k, layout=layout, kp=kp,
-            np_=np_, out_dtype=out_dtype, has_zeros=has_zeros, interpret=interpret,
+            out_dtype=out_dtype, has_zeros=has_zeros, interpret=interpret,
             config=config)
         if why is None and not _on_gpu():
             why = "impl='mosaic' runs natively only on a Hopper GPU"
@@ -281,7 +281,7 @@ def weight_only_matmul(x, values, scales, zeros=None, global_scale=None, *, elem
                                                          x.shape[0]):
         why = mosaic_kernel.register_lhs_reason(
             element_dtype=element_dtype, x_dtype=x.dtype, block_k=block_k, layout=layout, kp=kp,
-            np_=np_, out_dtype=out_dtype, has_zeros=zeros is not None)
+            out_dtype=out_dtype, has_zeros=zeros is not None)
         if why is None:
             return mosaic_kernel.weight_only_matmul_register_lhs(
                 x, values, scales, zeros, global_scale, element_dtype=element_dtype, layout=layout,

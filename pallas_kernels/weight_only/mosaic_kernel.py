@@ -364,8 +364,14 @@ def auto_takes_register_lhs(element_dtype, block_k: int, layout: str, kp: int, m
             and (m <= REGISTER_LHS_MAX_M_4BIT or not blocks.is_four_bit(edt)))
 
 
+def _run_kp(kp: int, layout: str, config: scaled_mosaic.MosaicGemmConfig) -> int:
+    """The K the kernel runs: an "nk" weight's Kp up to whole steps (e.g. SmolLM2's 576 with
+    4-bit codes' 128-deep steps; "mma" storage is padded to its chunks already)."""
+    return kp + (-kp % config.tile_k if layout == "nk" else 0)
+
+
 def register_lhs_reason(*, element_dtype, x_dtype, block_k: int, layout: str,
-                        kp: int, np_: int, out_dtype=None, has_zeros: bool = False,
+                        kp: int, out_dtype=None, has_zeros: bool = False,
                         interpret: bool = False,
                         config: scaled_mosaic.MosaicGemmConfig | None = None) -> str | None:
     """Why `weight_only_matmul_register_lhs` cannot take this weight (None when it can)."""
@@ -378,13 +384,12 @@ def register_lhs_reason(*, element_dtype, x_dtype, block_k: int, layout: str,
                 f"of whole {config.tile_k}-deep steps or over 2-8 groups of a multiple of 8 "
                 f"per step; got {jnp.dtype(element_dtype)}, "
                 f"{block_k=} (Kp={kp}), {layout=}")
-    if np_ % config.cta_m:
-        return (f"Np={np_} must be a multiple of {config.cta_m} (the CTA's weight rows) for the "
-                f"register-operand kernel")
     if (why := scaled_mosaic.device_reason()) is not None:
         return why
+    run_kp = _run_kp(kp, layout, config)
     return scaled_mosaic.unsupported_reason(
-        element_dtype=element_dtype, kp=kp, np_=config.cta_n, groups=max(1, kp // block_k),
+        element_dtype=element_dtype, kp=run_kp, np_=config.cta_n,
+        groups=run_kp // block_k if block_k < kp else 1,
         config=config, b_dtype=x_dtype, out_dtype=out_dtype, a_layout=layout,
         has_zeros=has_zeros, interpret=interpret)
 
@@ -409,6 +414,18 @@ def weight_only_matmul_register_lhs(x, values, scales, zeros=None, global_scale=
     kp = blocks.stored_kp(values, element_dtype, layout)
     config = config or register_lhs_config(element_dtype, out_dtype, block_k=block_k, kp=kp,
                                            has_zeros=zeros is not None)
+    # Weight rows up to whole CTAs (e.g. SmolLM2's 576 and 192; an "mma" band of 16 rows is
+    # contiguous, so the rows added are whole tiles) and "nk" K up to whole steps (`_run_kp`;
+    # x's padding is zero, and so are the codes, scales and zeros appended, in whole scale
+    # groups; one scale per row stays one): one XLA copy of the weight per call, only for
+    # such shapes.
+    pad_n, pad_k = -np_ % config.cta_m, _run_kp(kp, layout, config) - kp
+    if pad_n or pad_k:
+        pad_g = 0 if block_k >= kp else pad_k // block_k
+        values = jnp.pad(values, ((0, pad_n), (0, pad_k * scaled_mosaic.code_bits(element_dtype) // 8)))
+        scales = jnp.pad(scales, ((0, pad_n), (0, pad_g)))
+        zeros = None if zeros is None else jnp.pad(zeros, ((0, pad_n), (0, pad_g)))
+        np_, kp = np_ + pad_n, kp + pad_k
     if blocks.is_four_bit(element_dtype):  # the same bytes, two int4 codes each (low first)
         values = lax.bitcast_convert_type(values, jnp.int4).reshape(np_, kp)
     mp = -(-m // config.cta_n) * config.cta_n

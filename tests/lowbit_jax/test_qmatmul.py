@@ -137,3 +137,35 @@ def test_two_level_and_asymmetric_weights_do_not_pair_with_activations(w_fmt):
         lj.quantize(rand(64, 16), w_fmt, act="act-mxfp8")
     with pytest.raises(ValueError, match="does not line up"):
         lj.quantize(rand(64, 16), "int4-g32", act="act-fp8-token")
+
+
+# (K, N) of real layers the other GPU tests do not cover (they run 576x1536, 4096x14336,
+# 14336x4096 and 8192x28672): SmolLM2-135M's q/o, k/v, MLP down and LM head, Llama-3-8B's
+# q/o and k/v, Llama-3-70B's MLP down; and Llama-3-8B's vocabulary (128256) at SmolLM2's K
+# (its 4096x128256 head in f32, 2 GB, ran 8 xdist workers out of an H100's memory).
+MODEL_LAYERS = ((576, 576), (576, 192), (1536, 576), (576, 49152), (4096, 4096), (4096, 1024),
+                (576, 128256), (28672, 8192))
+WEIGHT_ONLY = sorted(r for r in lj.RECIPES if lj.get_recipe(r).act is None)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kn", MODEL_LAYERS, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("recipe", WEIGHT_ONLY)
+def test_weight_only_recipes_at_model_widths_gpu(recipe, kn):
+    """Each weight-only recipe's stored weight at a real layer's widths, through qmatmul:
+    decode (x (1, K), and (2, 3, K) with batch axes) on the Triton GEMV, prefill ((2, 512, K))
+    on the Mosaic GPU register-operand kernel; "auto" takes the same kernel (bit-identical)."""
+    r = lj.get_recipe(recipe)
+    k, n = kn
+    key = jax.random.key(k + n)
+    q = lj.quantize(jax.random.normal(key, (k, n), jnp.float32), r.weight, layout=r.layout)
+    for lead, impl in (((1,), "triton"), ((2, 3), "triton"), ((2, 512), "mosaic")):
+        x = jax.random.normal(jax.random.fold_in(key, len(lead)), (*lead, k), jnp.float32)
+        x = x.astype(jnp.bfloat16)
+        ref = lj.qmatmul(x, q, impl="xla", out_dtype=jnp.float32)
+        y = lj.qmatmul(x, q, impl=impl, out_dtype=jnp.float32)
+        assert y.shape == (*lead, n) and bool(jnp.all(jnp.isfinite(y)))
+        rel = float(jnp.linalg.norm(y - ref) / jnp.linalg.norm(ref))
+        assert rel < 4e-3, (lead, impl, rel)
+        auto = lj.qmatmul(x, q, out_dtype=jnp.float32)
+        np.testing.assert_array_equal(np.asarray(auto), np.asarray(y), err_msg=f"{lead} auto")

@@ -173,7 +173,8 @@ def _static(w, **kw):
 def test_register_lhs_lowers_for_cuda_and_auto_takes_it_at_prefill(case, layout, monkeypatch):
     from pallas_kernels.weight_only import api
     monkeypatch.setattr(api, "_on_gpu", lambda: True)
-    w = testing.random_weight(jax.random.key(0), case, 1024, 384, layout=layout)  # 3 CTA rows
+    # 320 weight rows: two CTAs of 128 and one padded (rows appended by XLA)
+    w = testing.random_weight(jax.random.key(0), case, 1024, 320, layout=layout)
     x = jax.ShapeDtypeStruct((600, 1024), jnp.bfloat16)  # M >= XLA_PREFILL_MIN_M: prefill
     for impl, out_dtype in (("mosaic", jnp.bfloat16), ("mosaic", jnp.float32), ("auto", None)):
         # A 16-bit y is stored transposed in the kernel; f32 takes XLA's transpose of y^T.
@@ -182,6 +183,19 @@ def test_register_lhs_lowers_for_cuda_and_auto_takes_it_at_prefill(case, layout,
         text = f.trace(x, w["values"], w["scales"], w["zeros"], w["global_scale"]).lower(
             lowering_platforms=("cuda",)).as_text()
         assert "mosaic_gpu" in text, impl
+
+
+@pytest.mark.parametrize("label,k", [("int4-g32", 576), ("uint4-g32", 576), ("int4-g64", 576), ("int8", 200)])
+def test_register_lhs_pads_nk_k_to_whole_steps(label, k, monkeypatch):
+    """An "nk" K that is not a whole number of the kernel's steps (SmolLM2's 576 with 4-bit
+    codes' 128-deep steps, 200 with int8's 64) is padded per call, not refused."""
+    from pallas_kernels.weight_only import api
+    monkeypatch.setattr(api, "_on_gpu", lambda: True)
+    w = testing.random_weight(jax.random.key(0), testing.CASES_BY_LABEL[label], k, 192, layout="nk")
+    x = jax.ShapeDtypeStruct((600, k), jnp.bfloat16)
+    f = jax.jit(lambda x, v, s, z: api.weight_only_matmul(x, v, s, z, impl="mosaic", **_static(w)))
+    text = f.trace(x, w["values"], w["scales"], w["zeros"]).lower(lowering_platforms=("cuda",)).as_text()
+    assert "mosaic_gpu" in text
 
 
 @pytest.mark.parametrize("edt,block_k,layout,m,taken", [
@@ -258,10 +272,6 @@ def test_register_lhs_reasons(monkeypatch):
         api.weight_only_matmul(x, w["values"], w["scales"], w["zeros"], impl="mosaic",
                                interpret=True, **_static(w))
     monkeypatch.setattr(api, "_on_gpu", lambda: True)
-    w96 = testing.random_weight(jax.random.key(0), testing.CASES_BY_LABEL["int8"], 256, 96,
-                                layout="nk")
-    with pytest.raises(NotImplementedError, match="multiple of 128"):
-        api.weight_only_matmul(x, w96["values"], w96["scales"], impl="mosaic", **_static(w96))
     with pytest.raises(NotImplementedError, match="whose config is a RegisterLhsConfig"):
         api.weight_only_matmul(x, w["values"], w["scales"], w["zeros"], impl="mosaic",
                                config=SMALL4, **_static(w))
@@ -269,7 +279,7 @@ def test_register_lhs_reasons(monkeypatch):
     with pytest.raises(NotImplementedError, match="takes a MosaicConfig"):
         api.weight_only_matmul(x, kn["values"], kn["scales"], impl="mosaic",
                                config=mosaic_kernel.REGISTER_LHS_TILES, **_static(kn))
-    kw = dict(x_dtype=jnp.bfloat16, layout="nk", kp=1024, np_=256)
+    kw = dict(x_dtype=jnp.bfloat16, layout="nk", kp=1024)
     assert "whole 128-deep steps" in mosaic_kernel.register_lhs_reason(
         element_dtype=jnp.int4, block_k=8, **kw)  # 16 groups per step
     assert "codes stored" in mosaic_kernel.register_lhs_reason(
@@ -316,7 +326,8 @@ def test_register_lhs_split_upcast_matches_reference_gpu(case, layout):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("case,layout", REGISTER_LHS, ids=_register_lhs_id)
-@pytest.mark.parametrize("m,k,n", [(1000, 4096, 1024), (600, 1024, 14336), (2048, 14336, 4096)])
+@pytest.mark.parametrize("m,k,n", [(1000, 4096, 1024), (600, 1024, 14336), (2048, 14336, 4096),
+                                   (600, 576, 320)])  # padded per call: 320 weight rows to 384, "nk" K to whole steps
 def test_register_lhs_matches_reference_gpu(case, layout, m, k, n):
     w = testing.random_weight(jax.random.key(m), case, k, n, layout=layout)
     _check_register_lhs(w, m, ("mosaic", "auto"))
