@@ -247,13 +247,13 @@ class TestWeightOnlyGPU(TestWeightOnlyKernels):
 @pytest.mark.parametrize("label,layout", [("int4-g128", "mma"), ("mxfp4", "mma"), ("nvfp4", "nk"),
                                           ("uint4-g128", "nk"), ("int8", "kn")])
 def test_auto_sends_prefill_to_dequantize_then_xla_dot(label, layout, monkeypatch):
-    """On a GPU (simulated: kernel launch replaced by a recorder), impl="auto" computes
-    M >= XLA_PREFILL_MIN_M with XLA -- the weight dequantized to x's dtype and written out,
-    then XLA's GEMM; within bf16 rounding of the f32 oracle -- and smaller M, or an explicit
-    kernel, with a kernel."""
+    """On a GPU (simulated: kernel launch replaced by a recorder), impl="auto" computes a
+    prefill the register-operand kernel does not take ("kn" weights; 4-bit codes above
+    REGISTER_LHS_MAX_M_4BIT rows) with XLA -- the weight dequantized to x's dtype and written
+    out, then XLA's GEMM; within bf16 rounding of the f32 oracle -- and smaller M, or an
+    explicit kernel, with a kernel."""
     from pallas_kernels.weight_only.reference import weight_only_matmul_reference
-    from pallas_kernels.weight_only import api, triton_kernel
-    from pallas_kernels.weight_only.config import XLA_PREFILL_MIN_M
+    from pallas_kernels.weight_only import api, mosaic_kernel, triton_kernel
     monkeypatch.setattr(api, "_on_gpu", lambda: True)
     monkeypatch.setattr(triton_kernel, "available", lambda: None)
     seen = []
@@ -264,9 +264,10 @@ def test_auto_sends_prefill_to_dequantize_then_xla_dot(label, layout, monkeypatc
     monkeypatch.setattr(api, "_batched_kernel_call", record)
     case = testing.CASES_BY_LABEL[label]
     w = testing.random_weight(jax.random.key(5), case, 256, 96, layout=layout)
-    x = jax.random.normal(jax.random.key(6), (2, XLA_PREFILL_MIN_M // 2, 256), jnp.bfloat16)
+    m = mosaic_kernel.REGISTER_LHS_MAX_M_4BIT + 2
+    x = jax.random.normal(jax.random.key(6), (2, m // 2, 256), jnp.bfloat16)
     out = weight_only_matmul(x, **w, out_dtype=jnp.float32)
-    assert seen == [] and out.shape == (2, XLA_PREFILL_MIN_M // 2, 96)
+    assert seen == [] and out.shape == (2, m // 2, 96)
     ref = weight_only_matmul(x, **w, impl="xla", out_dtype=jnp.float32)
     err = float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref))
     assert 0 < err < 5e-3       # the weight rounded to bf16 once: not the oracle, close to it
@@ -278,7 +279,7 @@ def test_auto_sends_prefill_to_dequantize_then_xla_dot(label, layout, monkeypatc
     assert "optimization_barrier" in hlo  # the dequantized weight is written before the GEMM
     weight_only_matmul(x[:, :16], **w)
     weight_only_matmul(x, **w, impl="triton")
-    assert seen == [32, XLA_PREFILL_MIN_M]
+    assert seen == [32, m]
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
