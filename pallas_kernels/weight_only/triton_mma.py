@@ -22,9 +22,10 @@ per 8 weights a thread holds; what is left per weight is its upcast, under one i
                  pair a shift and AND for the magnitude, a shift for the sign, one LOP3;
                  e4m3: 7 instructions per 4 codes. No offsets. A lane's scale bytes are
                  loaded one chunk ahead (NVFP4's two blocks per lane run as one 16-bit word
-                 per row); e8m0 becomes a factor in one IMAD, e4m3 at the chunk's use through
-                 Hopper's e4m3x2 -> f16x2 `cvt` (`lane_e4m3_factor_asm`: 420 -> 397 loop
-                 instructions per two tile-chunks, nvfp4 decode 3-6% faster on H100).
+                 per row) and become factors where the chunk is used (`_lane_factors`):
+                 e8m0 in one IMAD, e4m3 through Hopper's e4m3x2 -> f16x2 `cvt`
+                 (`lane_e4m3_factor_asm`: 420 -> 397 loop instructions per two tile-chunks,
+                 nvfp4 decode 3-6% faster on H100).
 
 The offsets are not subtracted per weight: one more MMA per K step with an all-ones A
 operand gives S = sum of x over the chunk (per row of x), and `offset * S` is taken off the
