@@ -1,7 +1,7 @@
 """Tile sweep of the Mosaic GPU prefill GEMMs against XLA, one process, on the GPU.
 
     python -m scripts.bench_mosaic [--shapes 8192x28672,4096x14336] [--ms 1024,4096]
-        [--kernels jax-mixed,kn,rlhs] [--formats int8,int4-g128] [--layouts mma,nk]
+        [--kernels jax-mixed,jax-bf16,kn,rlhs] [--formats int8,int4-g128] [--layouts mma,nk]
         [--sweep] [--split] [--out DIR]
 
 For each (M, K, N): XLA's bf16 `x @ w`; per format, the `impl="auto"` prefill route
@@ -10,6 +10,9 @@ XLA's dequantize-to-bf16 pass alone ("dequant-only", with GB/s moved), then ever
 configuration of
   jax-mixed  JAX's `hopper_mixed_type_matmul_mgpu` (int8 x bf16, no scales) on
              out^T = W^T x^T: the ceiling of its register-LHS, warp-specialized structure;
+  jax-bf16   JAX's `hopper_matmul_mgpu` (bf16 x bf16 from shared memory, no upcast at all)
+             as x @ W and as W^T x^T: what a Mosaic GPU GEMM of this structure reaches
+             against cuBLAS on the shape, the ceiling for any weight-only kernel built on it;
   kn         `weight_only_matmul(..., impl="mosaic")` on "kn" weights: the one-warpgroup
              kernel that dequantizes into shared memory;
   rlhs       `weight_only_matmul(..., impl="mosaic")` on "nk"/"mma" weights (`--layouts`):
@@ -52,6 +55,19 @@ def _jax_mixed_configs():
             grid_minor_dim=D.N, grid_tile_width=8)
 
 
+def _jax_bf16_configs():
+    """Per-warpgroup tiles of JAX's bf16 example around ours (a 128x256 CTA tile of two
+    64x256 warpgroup tiles), with and without a 2-CTA cluster (TMA multicast). 128x256 per
+    warpgroup ran 7-12x slower (H100, session 17: spills)."""
+    from jax.experimental.pallas.ops.gpu import hopper_matmul_mgpu as mm
+    D = mm.MatmulDimension
+    for tm, tn, wg, cluster in ((64, 256, D.M, None), (128, 128, D.N, None), (128, 128, D.M, None),
+                                (64, 256, D.M, D.M), (128, 128, D.N, D.N)):
+        yield f"tm{tm}_tn{tn}_wg{wg}_cl{cluster}", mm.TuningConfig(
+            tile_m=tm, tile_n=tn, tile_k=64, max_concurrent_steps=4,
+            wg_dimension=wg, grid_minor_dim=D.N, grid_tile_width=8, cluster_dimension=cluster)
+
+
 def _kn_configs():
     for tm, tn, tk, steps in itertools.product((64, 128), (128, 256), (64, 128), (2, 4)):
         yield f"tm{tm}_tn{tn}_tk{tk}_s{steps}", mosaic_kernel.MosaicConfig(
@@ -89,6 +105,25 @@ def bench(args) -> list[dict]:
         wbfs = [wbf + i for i in range(bench_util.copies_needed(k * n * 2))]
         us_bf16 = bench_util.time_call(jax.jit(lambda x, w: x @ w), [(x, w) for w in wbfs])
         rows.append(_row(kernel="xla-bf16", fmt="bf16", config="", m=m, k=k, n=n, us=us_bf16))
+        if "jax-bf16" in args.kernels:
+            from jax.experimental.pallas.ops.gpu import hopper_matmul_mgpu as bf16_mm
+            ref = (x @ wbf).astype(jnp.float32)
+            # W^T x^T on operands transposed once, outside the timing (our kernels' form)
+            orients = (("x@w", lambda x, w, cfg: bf16_mm.matmul(x, w, None, cfg), lambda x, w: (x, w)),
+                       ("wT@xT", lambda wt, xt, cfg: bf16_mm.matmul(wt, xt, None, cfg),
+                        lambda x, w: (w.T, x.T)))
+            for (orient, fn, args_of), (name, cfg) in itertools.product(orients, _jax_bf16_configs()):
+                f = jax.jit(functools.partial(fn, cfg=cfg))
+                try:
+                    out = f(*args_of(x, wbf))
+                    err = _rel_err(out if orient == "x@w" else out.T, ref)
+                    if not err < CHECK_TOL:
+                        raise AssertionError(f"check failed: rel err {err:.3g}")
+                    us = bench_util.time_call(f, [args_of(x, w) for w in wbfs])
+                    rows.append(_row(kernel="jax-bf16", fmt=f"bf16 {orient}", config=name, m=m, k=k, n=n, us=us))
+                except Exception as e:  # noqa: BLE001 - a config that does not fit is a row
+                    rows.append(_row(kernel="jax-bf16", fmt=f"bf16 {orient}", config=name, m=m, k=k, n=n, us=-1.0,
+                                     error=f"{type(e).__name__}: {str(e)[:200]}"))
         del wbfs, wbf
         if "jax-mixed" in args.kernels:
             from jax.experimental.pallas.ops.gpu import hopper_mixed_type_matmul_mgpu as mm
@@ -176,7 +211,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default="8192x28672,4096x14336")
     p.add_argument("--ms", default="1024,4096")
-    p.add_argument("--kernels", default="rlhs", help="jax-mixed, and kn or rlhs")
+    p.add_argument("--kernels", default="rlhs", help="jax-mixed, jax-bf16, and kn or rlhs")
     p.add_argument("--formats", default="int8,int4-g128,uint4-g128")
     p.add_argument("--layouts", default="mma", help="weight layouts of rlhs (kn: 'kn')")
     p.add_argument("--sweep", action="store_true", help="rlhs: every candidate tile, not the default")

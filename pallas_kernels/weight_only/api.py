@@ -19,9 +19,11 @@ block scales [+ zeros] [+ global scale]) and only x is a float array. Implementa
     "auto"    on GPU: M >= XLA_PREFILL_MIN_M (prefill) -> the weights the register-operand
               kernel takes (`mosaic_kernel.auto_takes_register_lhs`: int8, fp8 per channel
               and 128x128 blocks, int4/uint4 g32-g128, mxfp8, mxfp4, nvfp4; 4-bit up to
-              `mosaic_kernel.REGISTER_LHS_MAX_M_4BIT`): that kernel (at M=1024 on H100:
-              0.81-0.99x XLA's bf16 dot for int8, fp8, int4 g32-g128 and mxfp8, 0.69-0.80x
-              for uint4, mxfp4 and nvfp4, against 0.57-0.72x for the route);
+              `mosaic_kernel.REGISTER_LHS_MAX_M_4BIT`; grids of at least
+              `mosaic_kernel.REGISTER_LHS_MIN_TILES` CTA tiles, not narrow layers such as
+              Llama-3-8B's k/v or SmolLM2's): that kernel (at M=1024 on H100: 0.81-0.99x
+              XLA's bf16 dot for int8, fp8, int4 g32-g128 and mxfp8, 0.69-0.80x for uint4,
+              mxfp4 and nvfp4, against 0.57-0.72x for the route);
               other weights: dequantized to x's dtype in one pass, then XLA's GEMM
               (`weight_only_matmul_reference(..., convert=True, materialize=True)`; the
               measurements behind it are at `config.XLA_PREFILL_MIN_M`);
@@ -278,7 +280,7 @@ def weight_only_matmul(x, values, scales, zeros=None, global_scale=None, *, elem
                and _on_gpu() and jnp.dtype(x.dtype) in X_DTYPES)
     register_lhs = mosaic_kernel.takes_register_lhs(element_dtype, block_k, layout, kp)
     if prefill and mosaic_kernel.auto_takes_register_lhs(element_dtype, block_k, layout, kp,
-                                                         x.shape[0]):
+                                                         x.shape[0], np_):
         why = mosaic_kernel.register_lhs_reason(
             element_dtype=element_dtype, x_dtype=x.dtype, block_k=block_k, layout=layout, kp=kp,
             out_dtype=out_dtype, has_zeros=zeros is not None)

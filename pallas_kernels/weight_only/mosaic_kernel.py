@@ -8,7 +8,7 @@ tensor-core bound, so both paths feed `wgmma` rather than a CUDA-core dot. Two p
         on the warp-specialized kernel of `pallas_kernels.scaled_gemm.mosaic_kernel`, each
         weight tile upcast in registers as wgmma's register operand, y stored transposed.
         Native only. `impl="auto"` takes it for prefill where it was measured faster than
-        the XLA route (`auto_takes_register_lhs`).
+        the XLA route (`auto_takes_register_lhs`: not for grids of too few CTA tiles).
     one warpgroup (first; explicit only): "kn" weights, dequantized into shared memory;
         runs in GPU interpret mode, which is how CI tests a weight-only Mosaic kernel.
 
@@ -313,6 +313,13 @@ REGISTER_LHS_TILES_E2M1 = dataclasses.replace(REGISTER_LHS_TILES_4BIT, split_upc
 # that route won on 3 of 6 (shape, 4-bit format) pairs, at M=1024 on none (H100, session 10);
 # mxfp4 / nvfp4 at M=4096 on all 3 shapes, int4-g32 on none of 1 (session 14).
 REGISTER_LHS_MAX_M_4BIT = 2048
+# Below this many CTA tiles (128 weight rows x 256 rows of x) `impl="auto"` takes the XLA route:
+# each CTA walks all of K alone, so a grid that leaves SMs idle loses to XLA's GEMM (H100,
+# session 17, M=1024, int8 / int4-g128 / mxfp4, us): 128 tiles won (4096x4096: 55-63 against
+# 68-70 for the route; 14336x4096: 176-206 against 219-226), 48 and fewer lost (576x1536 13-14
+# against 10-12; 1536x576 27-30 against 10-13; 4096x1024 50-59 against 23-25; 576x576 and
+# 576x192 15-21 against 6-13, at M=1024 and 2048).
+REGISTER_LHS_MIN_TILES = 128
 REGISTER_LHS_CODES = scaled_mosaic.MIXED_CODES
 RegisterLhsConfig = scaled_mosaic.MosaicGemmConfig  # what impl="mosaic" takes as `config`
 REGISTER_LHS_LAYOUTS = ("nk", "mma")
@@ -354,14 +361,24 @@ def takes_register_lhs(element_dtype, block_k: int, layout: str, kp: int) -> boo
             and (whole_steps or (tk % block_k == 0 and block_k % 8 == 0 and tk // block_k <= 8)))
 
 
-def auto_takes_register_lhs(element_dtype, block_k: int, layout: str, kp: int, m: int) -> bool:
+def register_lhs_tiles(element_dtype, np_: int, m: int) -> int:
+    """CTA tiles of the register-operand kernel's default tiles for np_ weight rows and m
+    rows of x (the rows padded up to whole tiles)."""
+    c = _tiles(element_dtype)
+    return -(-np_ // c.cta_m) * -(-m // c.cta_n)
+
+
+def auto_takes_register_lhs(element_dtype, block_k: int, layout: str, kp: int, m: int,
+                            np_: int) -> bool:
     """Whether `impl="auto"` sends this prefill to the register-operand kernel: every weight
-    it takes, 4-bit codes up to `REGISTER_LHS_MAX_M_4BIT` rows of x. Measured faster than
-    the XLA route on H100 at M=1024 and 2048 for every format it takes (BENCHMARKS.md
-    sessions 10-14; MX, NVFP4 and g32/g64 from session 14), 8-bit codes at M=4096 too."""
+    it takes, 4-bit codes up to `REGISTER_LHS_MAX_M_4BIT` rows of x, grids of at least
+    `REGISTER_LHS_MIN_TILES` CTA tiles. Measured faster than the XLA route on H100 at M=1024
+    and 2048 for every format it takes (BENCHMARKS.md sessions 10-14; MX, NVFP4 and g32/g64
+    from session 14), 8-bit codes at M=4096 too, where the grid fills the SMs (session 17)."""
     edt = jnp.dtype(element_dtype)
     return (takes_register_lhs(edt, block_k, layout, kp)
-            and (m <= REGISTER_LHS_MAX_M_4BIT or not blocks.is_four_bit(edt)))
+            and (m <= REGISTER_LHS_MAX_M_4BIT or not blocks.is_four_bit(edt))
+            and register_lhs_tiles(edt, np_, m) >= REGISTER_LHS_MIN_TILES)
 
 
 def _run_kp(kp: int, layout: str, config: scaled_mosaic.MosaicGemmConfig) -> int:

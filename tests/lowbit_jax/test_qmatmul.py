@@ -154,7 +154,11 @@ WEIGHT_ONLY = sorted(r for r in lj.RECIPES if lj.get_recipe(r).act is None)
 def test_weight_only_recipes_at_model_widths_gpu(recipe, kn):
     """Each weight-only recipe's stored weight at a real layer's widths, through qmatmul:
     decode (x (1, K), and (2, 3, K) with batch axes) on the Triton GEMV, prefill ((2, 512, K))
-    on the Mosaic GPU register-operand kernel; "auto" takes the same kernel (bit-identical)."""
+    on the Mosaic GPU register-operand kernel; "auto" takes the same kernel (bit-identical),
+    except at prefill on grids of too few CTA tiles, where it takes the XLA route (the weight
+    dequantized to bf16, then XLA's GEMM: bit-identical to that)."""
+    from pallas_kernels.weight_only import mosaic_kernel
+    from pallas_kernels.weight_only.reference import weight_only_matmul_reference
     r = lj.get_recipe(recipe)
     k, n = kn
     key = jax.random.key(k + n)
@@ -168,4 +172,11 @@ def test_weight_only_recipes_at_model_widths_gpu(recipe, kn):
         rel = float(jnp.linalg.norm(y - ref) / jnp.linalg.norm(ref))
         assert rel < 4e-3, (lead, impl, rel)
         auto = lj.qmatmul(x, q, out_dtype=jnp.float32)
+        tiles = mosaic_kernel.register_lhs_tiles(q.fmt.element_dtype, n, 1024)
+        if impl == "mosaic" and tiles < mosaic_kernel.REGISTER_LHS_MIN_TILES:
+            (bk, bn), x2 = q.block_kn, x.reshape(-1, k)
+            y = weight_only_matmul_reference(
+                x2, q.values, q.scales, q.zeros, q.global_scale, element_dtype=q.fmt.element_dtype,
+                block_k=bk, block_n=bn, layout=q.layout, k=k, n=n, out_dtype=jnp.float32,
+                convert=True, materialize=True).reshape(*lead, n)
         np.testing.assert_array_equal(np.asarray(auto), np.asarray(y), err_msg=f"{lead} auto")

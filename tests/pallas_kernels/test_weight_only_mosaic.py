@@ -171,18 +171,26 @@ def _static(w, **kw):
 
 @pytest.mark.parametrize("case,layout", REGISTER_LHS, ids=_register_lhs_id)
 def test_register_lhs_lowers_for_cuda_and_auto_takes_it_at_prefill(case, layout, monkeypatch):
-    from pallas_kernels.weight_only import api
+    """The kernel lowers for CUDA; impl="auto" takes it at prefill where the grid has
+    REGISTER_LHS_MIN_TILES CTA tiles (lowered here for a 9-tile grid, the threshold set to
+    9), and not below."""
+    from pallas_kernels.weight_only import api, mosaic_kernel
     monkeypatch.setattr(api, "_on_gpu", lambda: True)
     # 320 weight rows: two CTAs of 128 and one padded (rows appended by XLA)
     w = testing.random_weight(jax.random.key(0), case, 1024, 320, layout=layout)
     x = jax.ShapeDtypeStruct((600, 1024), jnp.bfloat16)  # M >= XLA_PREFILL_MIN_M: prefill
-    for impl, out_dtype in (("mosaic", jnp.bfloat16), ("mosaic", jnp.float32), ("auto", None)):
+    tiles = mosaic_kernel.register_lhs_tiles(case.element_dtype, 320, 600)
+    assert tiles == 9 < mosaic_kernel.REGISTER_LHS_MIN_TILES
+    for impl, out_dtype, min_tiles in (("auto", None, tiles + 1), ("mosaic", jnp.bfloat16, None),
+                                       ("mosaic", jnp.float32, None), ("auto", None, tiles)):
+        if min_tiles is not None:
+            monkeypatch.setattr(mosaic_kernel, "REGISTER_LHS_MIN_TILES", min_tiles)
         # A 16-bit y is stored transposed in the kernel; f32 takes XLA's transpose of y^T.
         f = jax.jit(lambda x, v, s, z, g: api.weight_only_matmul(
             x, v, s, z, g, impl=impl, **_static(w, out_dtype=out_dtype)))
         text = f.trace(x, w["values"], w["scales"], w["zeros"], w["global_scale"]).lower(
             lowering_platforms=("cuda",)).as_text()
-        assert "mosaic_gpu" in text, impl
+        assert ("mosaic_gpu" in text) == (min_tiles != tiles + 1), (impl, min_tiles)
 
 
 @pytest.mark.parametrize("label,k", [("int4-g32", 576), ("uint4-g32", 576), ("int4-g64", 576), ("int8", 200)])
@@ -198,25 +206,31 @@ def test_register_lhs_pads_nk_k_to_whole_steps(label, k, monkeypatch):
     assert "mosaic_gpu" in text
 
 
-@pytest.mark.parametrize("edt,block_k,layout,m,taken", [
-    (jnp.float4_e2m1fn, 32, "mma", 2048, True), (jnp.float4_e2m1fn, 32, "mma", 2049, False),
-    (jnp.int4, 128, "nk", 4096, False), (jnp.uint4, 64, "mma", 1024, True),
-    (jnp.float8_e4m3fn, 32, "nk", 8192, True), (jnp.int8, 4096, "mma", 8192, True),
-    (jnp.int4, 8, "nk", 1024, False),  # 16 groups per step
-    (jnp.int8, 4096, "kn", 1024, False)], ids=str)
-def test_auto_takes_register_lhs_at_prefill(edt, block_k, layout, m, taken):
+@pytest.mark.parametrize("edt,block_k,layout,m,np_,taken", [
+    (jnp.float4_e2m1fn, 32, "mma", 2048, 4096, True), (jnp.float4_e2m1fn, 32, "mma", 2049, 4096, False),
+    (jnp.int4, 128, "nk", 4096, 4096, False), (jnp.uint4, 64, "mma", 1024, 4096, True),
+    (jnp.float8_e4m3fn, 32, "nk", 8192, 4096, True), (jnp.int8, 4096, "mma", 8192, 4096, True),
+    (jnp.int4, 8, "nk", 1024, 4096, False),  # 16 groups per step
+    (jnp.int8, 4096, "kn", 1024, 4096, False),
+    # grids of CTA tiles (128 weight rows x 256 rows of x): 32 x 4, 8 x 4, 5 x 8, 8 x 16, 32 x 2
+    (jnp.int8, 4096, "mma", 1024, 4001, True), (jnp.int8, 4096, "mma", 1024, 1024, False),
+    (jnp.int4, 128, "mma", 2048, 576, False), (jnp.int8, 4096, "mma", 4096, 1024, True),
+    (jnp.float8_e4m3fn, 14336, "mma", 512, 4096, False)], ids=str)
+def test_auto_takes_register_lhs_at_prefill(edt, block_k, layout, m, np_, taken):
     """impl="auto" sends prefill to the register-operand kernel for every weight it takes,
-    4-bit codes only up to REGISTER_LHS_MAX_M_4BIT rows (the route won above, H100)."""
+    4-bit codes only up to REGISTER_LHS_MAX_M_4BIT rows (the route won above, H100), grids of
+    at least REGISTER_LHS_MIN_TILES CTA tiles (the route won on narrower ones)."""
     from pallas_kernels.weight_only import mosaic_kernel
-    assert mosaic_kernel.auto_takes_register_lhs(edt, block_k, layout, 4096, m) == taken
+    assert mosaic_kernel.auto_takes_register_lhs(edt, block_k, layout, 4096, m, np_) == taken
 
 
 def test_register_lhs_lowers_e4m3_with_f16_x_and_one_scale(monkeypatch):
     """e4m3 codes against f16 x (no bf16 step after the f16 upcast), and one scale for the
     whole weight (block_n = Np, repeated per row like 128x128 blocks): auto lowers to the
-    Mosaic GPU kernel at prefill."""
-    from pallas_kernels.weight_only import api
+    Mosaic GPU kernel at prefill (its 3 x 3 grid admitted: the grid rule is tested above)."""
+    from pallas_kernels.weight_only import api, mosaic_kernel
     monkeypatch.setattr(api, "_on_gpu", lambda: True)
+    monkeypatch.setattr(mosaic_kernel, "REGISTER_LHS_MIN_TILES", 9)
     w = testing.random_weight(jax.random.key(0), testing.CASES_BY_LABEL["fp8"], 1024, 384, layout="nk")
     kp, np_ = w["values"].shape[1], w["values"].shape[0]
     one = dict(w, scales=w["scales"][:1, :1], block_k=kp, block_n=np_)
