@@ -291,9 +291,16 @@ def weight_only_matmul(x, values, scales, zeros=None, global_scale=None, *, elem
         _log_once(f"weight_only_matmul: prefill of a {jnp.dtype(element_dtype)} {layout!r} "
                   f"weight takes the XLA route: {why}")
     if prefill:
-        _log_once(f"weight_only_matmul: M >= {XLA_PREFILL_MIN_M} uses XLA: the weight dequantized "
-                  f"to {jnp.dtype(x.dtype)} in one pass, then XLA's GEMM (faster than the prefill "
-                  f"kernels from M=512: H200, BENCHMARKS.md session 8)")
+        tiles = mosaic_kernel.register_lhs_tiles(element_dtype, np_, x.shape[0])
+        if register_lhs and tiles < mosaic_kernel.REGISTER_LHS_MIN_TILES:
+            _log_once(f"weight_only_matmul: prefill of {np_} weight rows x {x.shape[0]} rows of x "
+                      f"takes the XLA route: {tiles} CTA tiles of the register-operand kernel, under "
+                      f"REGISTER_LHS_MIN_TILES={mosaic_kernel.REGISTER_LHS_MIN_TILES} (narrow layers "
+                      f"ran faster on the route: H100, BENCHMARKS.md session 17)")
+        else:
+            _log_once(f"weight_only_matmul: M >= {XLA_PREFILL_MIN_M} uses XLA: the weight dequantized "
+                      f"to {jnp.dtype(x.dtype)} in one pass, then XLA's GEMM (faster than the prefill "
+                      f"kernels from M=512: H200, BENCHMARKS.md session 8)")
         return weight_only_matmul_reference(x, values, scales, zeros, global_scale, **facts,
                                             convert=True, materialize=True).reshape(*lead, n)
     if (layout == "mma" and not (impl == "mosaic" and register_lhs)

@@ -172,9 +172,10 @@ def test_weight_only_recipes_at_model_widths_gpu(recipe, kn):
         rel = float(jnp.linalg.norm(y - ref) / jnp.linalg.norm(ref))
         assert rel < 4e-3, (lead, impl, rel)
         auto = lj.qmatmul(x, q, out_dtype=jnp.float32)
-        tiles = mosaic_kernel.register_lhs_tiles(q.fmt.element_dtype, n, 1024)
+        x2 = x.reshape(-1, k)
+        tiles = mosaic_kernel.register_lhs_tiles(q.fmt.element_dtype, n, x2.shape[0])
         if impl == "mosaic" and tiles < mosaic_kernel.REGISTER_LHS_MIN_TILES:
-            (bk, bn), x2 = q.block_kn, x.reshape(-1, k)
+            bk, bn = q.block_kn
             y = weight_only_matmul_reference(
                 x2, q.values, q.scales, q.zeros, q.global_scale, element_dtype=q.fmt.element_dtype,
                 block_k=bk, block_n=bn, layout=q.layout, k=k, n=n, out_dtype=jnp.float32,
