@@ -17,7 +17,7 @@ block scales [+ zeros] [+ global scale]) and only x is a float array. Implementa
               memory; runs in GPU interpret mode on CPU; explicit only (0.65x XLA's bf16 dot
               for int8 and 0.36x for int4-g128 at M=1024 on H200, below the XLA route).
     "auto"    on GPU: M >= XLA_PREFILL_MIN_M (prefill) -> the weights the register-operand
-              kernel takes (`mosaic_kernel.auto_takes_register_lhs`: int8, fp8 per channel
+              kernel takes (`mosaic_kernel.auto_register_lhs_reason`: int8, fp8 per channel
               and 128x128 blocks, int4/uint4 g32-g128, mxfp8, mxfp4, nvfp4; 4-bit up to
               `mosaic_kernel.REGISTER_LHS_MAX_M_4BIT`; grids of at least
               `mosaic_kernel.REGISTER_LHS_MIN_TILES` CTA tiles, not narrow layers such as
@@ -279,28 +279,20 @@ def weight_only_matmul(x, values, scales, zeros=None, global_scale=None, *, elem
     prefill = (impl == "auto" and config is None and x.shape[0] >= XLA_PREFILL_MIN_M
                and _on_gpu() and jnp.dtype(x.dtype) in X_DTYPES)
     register_lhs = mosaic_kernel.takes_register_lhs(element_dtype, block_k, layout, kp)
-    if prefill and mosaic_kernel.auto_takes_register_lhs(element_dtype, block_k, layout, kp,
-                                                         x.shape[0], np_):
-        why = mosaic_kernel.register_lhs_reason(
-            element_dtype=element_dtype, x_dtype=x.dtype, block_k=block_k, layout=layout, kp=kp,
-            out_dtype=out_dtype, has_zeros=zeros is not None)
+    if prefill:
+        why = mosaic_kernel.auto_register_lhs_reason(element_dtype, block_k, layout, kp,
+                                                     x.shape[0], np_)
+        if why is None:
+            why = mosaic_kernel.register_lhs_reason(
+                element_dtype=element_dtype, x_dtype=x.dtype, block_k=block_k, layout=layout,
+                kp=kp, out_dtype=out_dtype, has_zeros=zeros is not None)
         if why is None:
             return mosaic_kernel.weight_only_matmul_register_lhs(
                 x, values, scales, zeros, global_scale, element_dtype=element_dtype, layout=layout,
                 block_k=block_k, block_n=block_n, n=n, out_dtype=out_dtype).reshape(*lead, n)
-        _log_once(f"weight_only_matmul: prefill of a {jnp.dtype(element_dtype)} {layout!r} "
-                  f"weight takes the XLA route: {why}")
-    if prefill:
-        tiles = mosaic_kernel.register_lhs_tiles(element_dtype, np_, x.shape[0])
-        if register_lhs and tiles < mosaic_kernel.REGISTER_LHS_MIN_TILES:
-            _log_once(f"weight_only_matmul: prefill of {np_} weight rows x {x.shape[0]} rows of x "
-                      f"takes the XLA route: {tiles} CTA tiles of the register-operand kernel, under "
-                      f"REGISTER_LHS_MIN_TILES={mosaic_kernel.REGISTER_LHS_MIN_TILES} (narrow layers "
-                      f"ran faster on the route: H100, BENCHMARKS.md session 17)")
-        else:
-            _log_once(f"weight_only_matmul: M >= {XLA_PREFILL_MIN_M} uses XLA: the weight dequantized "
-                      f"to {jnp.dtype(x.dtype)} in one pass, then XLA's GEMM (faster than the prefill "
-                      f"kernels from M=512: H200, BENCHMARKS.md session 8)")
+        _log_once(f"weight_only_matmul: prefill (M >= {XLA_PREFILL_MIN_M}) of a "
+                  f"{jnp.dtype(element_dtype)} {layout!r} weight takes the XLA route, the weight "
+                  f"dequantized to {jnp.dtype(x.dtype)} in one pass, then XLA's GEMM: {why}")
         return weight_only_matmul_reference(x, values, scales, zeros, global_scale, **facts,
                                             convert=True, materialize=True).reshape(*lead, n)
     if (layout == "mma" and not (impl == "mosaic" and register_lhs)

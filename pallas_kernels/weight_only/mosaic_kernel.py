@@ -8,7 +8,7 @@ tensor-core bound, so both paths feed `wgmma` rather than a CUDA-core dot. Two p
         on the warp-specialized kernel of `pallas_kernels.scaled_gemm.mosaic_kernel`, each
         weight tile upcast in registers as wgmma's register operand, y stored transposed.
         Native only. `impl="auto"` takes it for prefill where it was measured faster than
-        the XLA route (`auto_takes_register_lhs`: not for grids of too few CTA tiles).
+        the XLA route (`auto_register_lhs_reason`: not for grids of too few CTA tiles).
     one warpgroup (first; explicit only): "kn" weights, dequantized into shared memory;
         runs in GPU interpret mode, which is how CI tests a weight-only Mosaic kernel.
 
@@ -368,17 +368,34 @@ def register_lhs_tiles(element_dtype, np_: int, m: int) -> int:
     return -(-np_ // c.cta_m) * -(-m // c.cta_n)
 
 
+def auto_register_lhs_reason(element_dtype, block_k: int, layout: str, kp: int, m: int,
+                             np_: int) -> str | None:
+    """Why `impl="auto"` does not send this prefill to the register-operand kernel (None when
+    it does): it takes every weight the kernel takes, 4-bit codes up to
+    `REGISTER_LHS_MAX_M_4BIT` rows of x, grids of at least `REGISTER_LHS_MIN_TILES` CTA tiles.
+    Measured faster than the XLA route on H100 at M=1024 and 2048 for every format it takes
+    (BENCHMARKS.md sessions 10-14; MX, NVFP4 and g32/g64 from session 14), 8-bit codes at
+    M=4096 too, where the grid fills the SMs (session 17)."""
+    edt = jnp.dtype(element_dtype)
+    if not takes_register_lhs(edt, block_k, layout, kp):
+        return (f"the register-operand kernel does not take {edt} {layout!r} weights with "
+                f"{block_k=}, and the route beat the other prefill kernels from M=512 (H200, "
+                f"BENCHMARKS.md session 8)")
+    if m > REGISTER_LHS_MAX_M_4BIT and blocks.is_four_bit(edt):
+        return (f"{m} rows of x > REGISTER_LHS_MAX_M_4BIT={REGISTER_LHS_MAX_M_4BIT} for 4-bit "
+                f"codes (the route was faster: H100, BENCHMARKS.md sessions 10 and 14)")
+    if (tiles := register_lhs_tiles(edt, np_, m)) < REGISTER_LHS_MIN_TILES:
+        return (f"{np_} weight rows x {m} rows of x make {tiles} CTA tiles < "
+                f"REGISTER_LHS_MIN_TILES={REGISTER_LHS_MIN_TILES} (narrow layers ran faster on "
+                f"the route: H100, BENCHMARKS.md session 17)")
+    return None
+
+
 def auto_takes_register_lhs(element_dtype, block_k: int, layout: str, kp: int, m: int,
                             np_: int) -> bool:
-    """Whether `impl="auto"` sends this prefill to the register-operand kernel: every weight
-    it takes, 4-bit codes up to `REGISTER_LHS_MAX_M_4BIT` rows of x, grids of at least
-    `REGISTER_LHS_MIN_TILES` CTA tiles. Measured faster than the XLA route on H100 at M=1024
-    and 2048 for every format it takes (BENCHMARKS.md sessions 10-14; MX, NVFP4 and g32/g64
-    from session 14), 8-bit codes at M=4096 too, where the grid fills the SMs (session 17)."""
-    edt = jnp.dtype(element_dtype)
-    return (takes_register_lhs(edt, block_k, layout, kp)
-            and (m <= REGISTER_LHS_MAX_M_4BIT or not blocks.is_four_bit(edt))
-            and register_lhs_tiles(edt, np_, m) >= REGISTER_LHS_MIN_TILES)
+    """Whether `impl="auto"` sends this prefill to the register-operand kernel
+    (`auto_register_lhs_reason`)."""
+    return auto_register_lhs_reason(element_dtype, block_k, layout, kp, m, np_) is None
 
 
 def _run_kp(kp: int, layout: str, config: scaled_mosaic.MosaicGemmConfig) -> int:
